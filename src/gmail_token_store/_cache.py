@@ -1,0 +1,84 @@
+"""The in-process cache of Credentials: bounded, approximately LRU, lock-free on hits.
+
+A hit is one `OrderedDict.get` (atomic under the GIL) and a float comparison, so threads
+never queue behind each other to read. Inserts and evictions take a lock and use the
+"second chance" rule: an entry that was hit since it last reached the front of the queue
+is moved to the back instead of being evicted, which approximates LRU without reordering
+on every hit.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from time import monotonic
+
+from google.oauth2.credentials import Credentials
+
+
+class CacheEntry:
+    """Credentials served until `serve_until` (monotonic seconds)."""
+
+    __slots__ = ("credentials", "referenced", "scopes", "serve_until")
+
+    def __init__(
+        self, credentials: Credentials, scopes: frozenset[str] | None, serve_until: float
+    ) -> None:
+        self.credentials = credentials
+        self.scopes = scopes
+        self.serve_until = serve_until
+        self.referenced = False
+
+
+class CredentialsCache:
+    """Maps canonical user ids to CacheEntry; `max_entries` bounds memory."""
+
+    def __init__(self, *, ttl: float, max_entries: int) -> None:
+        self.ttl = ttl
+        self._max_entries = max_entries
+        self._entries: OrderedDict[str, CacheEntry] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, user_id: str) -> CacheEntry | None:
+        """Return the entry if it may still be served; never blocks."""
+        entry = self._entries.get(user_id)
+        if entry is None or monotonic() >= entry.serve_until:
+            return None
+        entry.referenced = True
+        return entry
+
+    def put(
+        self,
+        user_id: str,
+        credentials: Credentials,
+        scopes: frozenset[str] | None,
+        *,
+        seconds_left: float,
+        refresh_margin: float,
+    ) -> None:
+        """Cache credentials for `ttl`, but never past the point they enter the refresh margin."""
+        serve_for = min(self.ttl, seconds_left - refresh_margin)
+        if serve_for <= 0:
+            self.invalidate(user_id)
+            return
+        entry = CacheEntry(credentials, scopes, monotonic() + serve_for)
+        with self._lock:
+            self._entries[user_id] = entry
+            self._entries.move_to_end(user_id)
+            # Each pass over the queue clears a flag, so this ends within two passes.
+            while len(self._entries) > self._max_entries:
+                oldest_id, oldest = self._entries.popitem(last=False)
+                if oldest.referenced and oldest_id != user_id:
+                    oldest.referenced = False
+                    self._entries[oldest_id] = oldest
+
+    def invalidate(self, user_id: str) -> None:
+        with self._lock:
+            self._entries.pop(user_id, None)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()

@@ -1,0 +1,84 @@
+"""The Credentials a store hands out: google-auth's, with refresh() routed through the store.
+
+googleapiclient and AuthorizedSession call `credentials.refresh(request)` when the token
+expires or the API answers 401. A plain google-auth refresh would skip the row lock and
+never be saved, so here it asks the store, which adopts a newer token already in the row
+or refreshes under the lock and persists. The handed-out object carries no refresh token
+and no client secret: nothing that holds it can refresh behind the store's back, and
+`to_json()` or a pickle of it cannot leak them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import google.auth.exceptions
+import google.auth.transport
+from google.oauth2.credentials import Credentials
+
+from ._record import TokenRecord
+from ._results import mask
+from .exceptions import TokenStoreError
+
+
+class Refresher(Protocol):
+    """Return a record with a token other than `rejected_token`, refreshing if needed."""
+
+    def __call__(self, user_id: str, rejected_token: str | None, /) -> TokenRecord: ...
+
+
+class StoreCredentials(Credentials):
+    """`google.oauth2.credentials.Credentials` bound to a TokenStore row."""
+
+    _refresher: Refresher | None
+    _store_user_id: str
+
+    def refresh(self, request: google.auth.transport.Request) -> None:
+        """Replace the token through the store (row lock, persist); `request` is not used."""
+        refresher = getattr(self, "_refresher", None)
+        if refresher is None:
+            raise google.auth.exceptions.RefreshError(
+                "these credentials were detached from their TokenStore (pickled or copied "
+                "by hand); ask the store for new ones"
+            )
+        try:
+            record = refresher(self._store_user_id, self.token)
+        except TokenStoreError as exc:
+            raise google.auth.exceptions.RefreshError(str(exc), retryable=exc.retryable) from exc
+        self.token = record.access_token
+        self.expiry = record.expiry
+
+    def _make_copy(self) -> StoreCredentials:
+        copy: StoreCredentials = super()._make_copy()
+        bind(copy, self._store_user_id, getattr(self, "_refresher", None))
+        return copy
+
+    def __getstate__(self) -> dict[str, Any]:
+        state: dict[str, Any] = super().__getstate__()
+        state.pop("_refresher", None)
+        return state
+
+    def __repr__(self) -> str:
+        expiry = self.expiry.isoformat(timespec="seconds") if self.expiry else None
+        return (
+            f"<StoreCredentials user_id={getattr(self, '_store_user_id', None)!r} "
+            f"expiry={expiry!r} token={mask(self.token)}>"
+        )
+
+
+def bind(credentials: StoreCredentials, user_id: str, refresher: Refresher | None) -> None:
+    credentials._store_user_id = user_id
+    credentials._refresher = refresher
+
+
+def credentials_for(record: TokenRecord, refresher: Refresher) -> StoreCredentials:
+    """Build the Credentials handed out for a record (no refresh token, no client secret)."""
+    credentials = StoreCredentials(
+        record.access_token,
+        token_uri=record.token_uri,
+        client_id=record.client_id,
+        scopes=list(record.scopes) if record.scopes is not None else None,
+        expiry=record.expiry,
+    )
+    bind(credentials, record.user_id, refresher)
+    return credentials

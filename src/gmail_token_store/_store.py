@@ -1,0 +1,831 @@
+"""TokenStore: read a grant, refresh it once under a row lock, persist it, hand out Credentials.
+
+Paths, from the common one down:
+
+* cache hit: a dict lookup and a clock comparison, no I/O;
+* hot path: one autocommit `SELECT` by user_id, no lock, no BEGIN/SET/COMMIT;
+* refresh path, inside one transaction: transaction-local timeouts, then
+  `SELECT ... FOR NO KEY UPDATE` of the row (the lock), a re-check (somebody may have
+  refreshed while we waited), the token request, and the write-back, all under the lock.
+
+Inside the refresh margin but outside the mandatory window the lock is only *tried*
+(`SKIP LOCKED`): one caller refreshes and everyone else keeps using the still-valid token
+instead of queueing. Only an expired token, or one inside the mandatory window, makes
+callers wait, and then for at most `lock_timeout`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+import psycopg
+import psycopg.conninfo
+import psycopg.errors
+from google.oauth2.credentials import Credentials
+from psycopg.types.json import Jsonb
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from ._cache import CredentialsCache
+from ._credentials import credentials_for
+from ._flight import FlightTimeoutError, SingleFlight
+from ._record import (
+    COLUMNS,
+    TokenRecord,
+    grant_columns,
+    metadata_with_failure,
+    metadata_without_failure,
+    parse_row,
+    refreshed_token_data,
+    utc_naive,
+)
+from ._refresh import EndpointError, TokenEndpoint, token_uri_refusal
+from ._results import EventHook, RefreshResult, TokenEvent, TokenState, TokenStatus
+from ._user_id import parse_user_id
+from .exceptions import (
+    ConfigurationError,
+    DatabaseUnavailableError,
+    InsufficientScopesError,
+    InvalidTokenRecordError,
+    OAuthClientError,
+    ReauthRequiredError,
+    RefreshFailedError,
+    TokenNotFoundError,
+    TokenStoreError,
+    describe_user,
+)
+
+logger = logging.getLogger("gmail_token_store")
+
+T = TypeVar("T")
+Connection = psycopg.Connection[tuple[Any, ...]]
+
+_SELECT_ROW = f"SELECT {COLUMNS} FROM gmail_token WHERE user_id = %s"
+_LOCK_ROW = _SELECT_ROW + " FOR NO KEY UPDATE"
+_TRY_LOCK_ROW = _LOCK_ROW + " SKIP LOCKED"
+_SELECT_WITH_CLOCK = f"SELECT {COLUMNS}, LOCALTIMESTAMP FROM gmail_token WHERE user_id = %s"
+# Both timeouts are transaction-local, so nothing leaks into the session: safe behind
+# PgBouncer in transaction mode. The idle-in-transaction timeout frees the row if this
+# host dies mid-refresh without closing its socket; it exceeds the refresh budget.
+_SET_TIMEOUTS = (
+    "SELECT set_config('lock_timeout', %s, true),"
+    " set_config('idle_in_transaction_session_timeout', %s, true)"
+)
+_RETURNING = f" RETURNING {COLUMNS}"
+_TIMESTAMPTZ_OID = 1184
+
+#: A grant not refreshed for this long is close to Google's 6-month unused-token rule.
+IDLE_AFTER = timedelta(days=150)
+
+
+@dataclasses.dataclass(slots=True)
+class _Progress:
+    """What a unit of database work has done so far (decides whether it may be retried)."""
+
+    contacted_endpoint: bool = False
+
+
+def _env(name: str) -> str | None:
+    value = os.environ.get(name, "").strip()
+    return value or None
+
+
+def _positive(name: str, value: float, *, allow_zero: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+        raise ValueError(f"{name} must be a number of seconds, got {value!r}")
+    if value < 0 or (value == 0 and not allow_zero) or math.isinf(value):
+        raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+    return float(value)
+
+
+class TokenStore:
+    """Valid Gmail credentials from the gmail_token table, refreshed at most once at a time.
+
+    Args:
+        conninfo: a libpq URL or key=value DSN (the store opens its own pool), or a
+            `psycopg_pool.ConnectionPool` the service already owns (give it
+            `kwargs={"autocommit": True}` for the one-round-trip hot path).
+        refresh_margin: seconds; a token with less left than this is refreshed.
+        mandatory_refresh_margin: seconds; above it (but inside `refresh_margin`) one caller
+            refreshes while the others keep using the current token; below it callers wait.
+        http_timeout: seconds per token request; a whole refresh takes at most 3x this.
+        lock_timeout: seconds to wait for another process's refresh of the same row.
+        allowed_token_hosts: extra https hosts a row's token_uri may name.
+        client_id, client_secret: OAuth client used for rows that carry none.
+        prepare_threshold: psycopg's; None disables prepared statements (PgBouncer
+            transaction pooling before 1.21).
+        cache_ttl: seconds a user's credentials are served from memory; 0 disables.
+        cache_size: users kept in the cache (least recently used leave first).
+        max_connections: size of the store's own pool.
+        connect_timeout: seconds to wait for a pooled connection.
+        on_event: called with a TokenEvent for every refresh, stale serve and failure.
+    """
+
+    def __init__(
+        self,
+        conninfo: str | ConnectionPool[Any],
+        *,
+        refresh_margin: float = 300.0,
+        mandatory_refresh_margin: float = 60.0,
+        http_timeout: float = 10.0,
+        lock_timeout: float = 30.0,
+        allowed_token_hosts: Iterable[str] = (),
+        client_id: str | None = None,
+        client_secret: str | None = None,
+        prepare_threshold: int | None = 5,
+        cache_ttl: float = 60.0,
+        cache_size: int = 10_000,
+        max_connections: int = 10,
+        connect_timeout: float = 10.0,
+        on_event: EventHook | None = None,
+    ) -> None:
+        self.refresh_margin = _positive("refresh_margin", refresh_margin, allow_zero=True)
+        self.mandatory_refresh_margin = _positive(
+            "mandatory_refresh_margin", mandatory_refresh_margin, allow_zero=True
+        )
+        if self.mandatory_refresh_margin > self.refresh_margin:
+            raise ValueError(
+                f"mandatory_refresh_margin ({mandatory_refresh_margin!r}) must not exceed "
+                f"refresh_margin ({refresh_margin!r})"
+            )
+        self.http_timeout = _positive("http_timeout", http_timeout)
+        self.lock_timeout = _positive("lock_timeout", lock_timeout)
+        self._connect_timeout = _positive("connect_timeout", connect_timeout)
+        cache_ttl = _positive("cache_ttl", cache_ttl, allow_zero=True)
+        if isinstance(allowed_token_hosts, str):
+            raise ValueError("allowed_token_hosts must be a collection of host names, not a str")
+        self._allowed_hosts = frozenset(host.lower() for host in allowed_token_hosts)
+        if prepare_threshold is not None and (
+            isinstance(prepare_threshold, bool) or not isinstance(prepare_threshold, int)
+        ):
+            raise ValueError(f"prepare_threshold must be an int or None, got {prepare_threshold!r}")
+        for name, count in (("cache_size", cache_size), ("max_connections", max_connections)):
+            if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+                raise ValueError(f"{name} must be a positive int, got {count!r}")
+        if on_event is not None and not callable(on_event):
+            raise ValueError("on_event must be callable")
+
+        self._fallback_client = (client_id or None, client_secret or None)
+        # Per-statement override: with a pool we do not own we cannot set the connection's.
+        self._prepare: bool | None = False if prepare_threshold is None else None
+        self._on_event = on_event
+        self._cache = CredentialsCache(ttl=cache_ttl, max_entries=cache_size) if cache_ttl else None
+        self._flights: SingleFlight[TokenRecord] = SingleFlight()
+        self._endpoint = TokenEndpoint(
+            http_timeout=self.http_timeout, max_connections=max_connections
+        )
+        # lock wait + the endpoint budget + slack for the database round trips
+        self._flight_timeout = self.lock_timeout + self._endpoint.budget + 5.0
+        self._timeouts = (
+            f"{int(self.lock_timeout * 1000)}ms",
+            f"{int((self._endpoint.budget + 15.0) * 1000)}ms",
+        )
+        self._owns_pool = not isinstance(conninfo, ConnectionPool)
+        self._pool: ConnectionPool[Any] = (
+            conninfo
+            if isinstance(conninfo, ConnectionPool)
+            else self._open_pool(conninfo, prepare_threshold, max_connections)
+        )
+        self._closed = False
+
+    def _open_pool(
+        self, conninfo: object, prepare_threshold: int | None, max_connections: int
+    ) -> ConnectionPool[Any]:
+        if not isinstance(conninfo, str) or not conninfo.strip():
+            raise ConfigurationError(
+                "conninfo must be a non-empty libpq URL/DSN string or a psycopg_pool.ConnectionPool"
+            )
+        try:
+            psycopg.conninfo.conninfo_to_dict(conninfo)
+        except psycopg.Error:
+            # libpq's parse errors quote the DSN, password included: never chain them.
+            raise ConfigurationError(
+                "the database DSN cannot be parsed (not shown: it may contain a password)"
+            ) from None
+        return ConnectionPool(
+            conninfo,
+            min_size=1,
+            max_size=max_connections,
+            kwargs={"autocommit": True, "prepare_threshold": prepare_threshold},
+            timeout=self._connect_timeout,
+            name="gmail_token_store",
+            open=True,
+        )
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> TokenStore:
+        """Build a store from the environment; keyword arguments override it.
+
+        The DSN comes from `GMAIL_TOKEN_STORE_DSN`, else `DATABASE_URL` (an empty variable
+        counts as unset); the fallback OAuth client from `GOOGLE_CLIENT_ID` /
+        `GOOGLE_CLIENT_SECRET`.
+
+        Raises:
+            ConfigurationError: neither variable names a database.
+        """
+        conninfo = (
+            overrides.pop("conninfo", None) or _env("GMAIL_TOKEN_STORE_DSN") or _env("DATABASE_URL")
+        )
+        if not conninfo:
+            raise ConfigurationError(
+                "no database configured: set GMAIL_TOKEN_STORE_DSN (or DATABASE_URL) to a "
+                "PostgreSQL URL such as postgresql://USER:PASSWORD@HOST:5432/main_db"
+            )
+        overrides.setdefault("client_id", _env("GOOGLE_CLIENT_ID"))
+        overrides.setdefault("client_secret", _env("GOOGLE_CLIENT_SECRET"))
+        return cls(conninfo, **overrides)
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the store's own pool and HTTP session (a pool passed in stays open)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._owns_pool:
+            self._pool.close()
+        self._endpoint.close()
+        if self._cache is not None:
+            self._cache.clear()
+
+    def __enter__(self) -> TokenStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"<TokenStore pool={self._pool.name!r} refresh_margin={self.refresh_margin} "
+            f"cache={'on' if self._cache else 'off'}{' closed' if self._closed else ''}>"
+        )
+
+    # --- public operations ---------------------------------------------------------------
+
+    def get_credentials(
+        self, user_id: object, *, scopes: Sequence[str] | None = None
+    ) -> Credentials:
+        """Return valid Credentials for the user, refreshing them first when they are due.
+
+        The token has at least `refresh_margin` seconds left when the endpoint grants
+        that much; inside the advisory window it may be the current, still-valid token
+        while another caller refreshes.
+
+        Args:
+            user_id: the user's UUID (str or uuid.UUID).
+            scopes: scopes the caller needs, e.g. gmail.send.
+
+        Raises:
+            InvalidUserIdError, TokenNotFoundError, InvalidTokenRecordError,
+            ReauthRequiredError, InsufficientScopesError, OAuthClientError,
+            RefreshFailedError, DatabaseUnavailableError.
+        """
+        cache = self._cache
+        if cache is not None and type(user_id) is str:
+            entry = cache.get(user_id)  # the hit path: no parsing, no lock, no I/O
+            if entry is not None and (scopes is None or _covers(entry.scopes, scopes)):
+                return entry.credentials
+        uid = parse_user_id(user_id)
+        if cache is not None:
+            entry = cache.get(uid)
+            if entry is not None and (scopes is None or _covers(entry.scopes, scopes)):
+                return entry.credentials
+        record = self._fresh(self._read(uid))
+        _require_scopes(record, scopes)
+        return self._remember(record)
+
+    def refresh(self, user_id: object, *, force: bool = False) -> RefreshResult:
+        """Refresh the user's token if it is due (or always, with `force`).
+
+        Unlike `get_credentials`, a failed refresh raises even while the old token is
+        still valid: the caller asked for a refresh.
+
+        Returns:
+            status "valid" (nothing was needed) or "refreshed".
+        """
+        uid = parse_user_id(user_id)
+        seen = self._read(uid)
+        self._raise_if_unusable(seen)
+        if force or seen.seconds_left(time.time()) < self.refresh_margin:
+            first_token = seen.access_token
+
+            def replace_seen(record: TokenRecord) -> bool:
+                return record.access_token == first_token or self._is_due(record)
+
+            record = self._refresh_shared(seen, replace_seen, blocking=True, stale_ok=None)
+        else:
+            record = seen
+        credentials = self._remember(record)
+        left = record.seconds_left(time.time())
+        assert record.access_token is not None and record.expiry is not None  # noqa: S101
+        return RefreshResult(
+            status="refreshed" if record.access_token != seen.access_token else "valid",
+            user_id=uid,
+            email=record.email,
+            expires_in=max(int(left), 0),
+            expiry=record.expiry,
+            access_token=record.access_token,
+            credentials=credentials,
+        )
+
+    def check(self, user_id: object) -> TokenStatus:
+        """Report the health of the user's grant; never raises for a row that exists.
+
+        Raises:
+            InvalidUserIdError, DatabaseUnavailableError.
+        """
+        uid = parse_user_id(user_id)
+
+        def work(conn: Connection, _progress: _Progress) -> tuple[Any, ...] | None:
+            return conn.execute(_SELECT_WITH_CLOCK, (uid,), prepare=self._prepare).fetchone()
+
+        row = self._run(work)
+        if row is None:
+            return TokenStatus(status="not_found", user_id=uid, state="not-found")
+        return self.status_of(row[:-1], db_now=row[-1])
+
+    def save(
+        self,
+        user_id: object,
+        credentials: Credentials,
+        *,
+        email: str | None = None,
+        robeing_id: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        """Insert or replace the user's grant (after a consent or an import).
+
+        Keeps every other metadata key and column, clears any recorded refresh failure.
+
+        Raises:
+            InvalidUserIdError; ValueError for credentials without any token;
+            InvalidTokenRecordError when the credentials' token_uri is refused.
+        """
+        uid = parse_user_id(user_id)
+        if not isinstance(credentials, Credentials):
+            raise ValueError("credentials must be google.oauth2.credentials.Credentials")
+        if not credentials.token and not credentials.refresh_token:
+            raise ValueError("credentials hold neither an access token nor a refresh token")
+        if metadata is not None and not isinstance(metadata, dict):
+            raise ValueError("metadata must be a dict")
+        if credentials.token_uri and (
+            refusal := token_uri_refusal(credentials.token_uri, self._allowed_hosts)
+        ):
+            raise InvalidTokenRecordError(uid, email, refusal)
+
+        def work(conn: Connection, _progress: _Progress) -> TokenRecord:
+            with conn.transaction():
+                row = conn.execute(_LOCK_ROW, (uid,), prepare=self._prepare).fetchone()
+                existing = self._parse(row) if row is not None else None
+                values = grant_columns(
+                    existing=existing,
+                    access_token=credentials.token,
+                    refresh_token=credentials.refresh_token,
+                    client_id=credentials.client_id,
+                    client_secret=credentials.client_secret,
+                    token_uri=credentials.token_uri,
+                    scopes=credentials.scopes,
+                    expiry=credentials.expiry,
+                    email=email,
+                    metadata=metadata,
+                )
+                params = {
+                    "user_id": uid,
+                    "robeing_id": robeing_id,
+                    "token_data": Jsonb(values.token_data),
+                    "oauth_config": Jsonb(values.oauth_config) if values.oauth_config else None,
+                    "scopes": Jsonb(values.scopes) if values.scopes is not None else None,
+                    "metadata": Jsonb(values.metadata),
+                    "expiry": values.expiry,
+                }
+                # ON CONFLICT covers a concurrent first save of the same user.
+                saved = conn.execute(
+                    "INSERT INTO gmail_token"
+                    " (user_id, robeing_id, token_data, oauth_config, scopes, metadata, expiry)"
+                    " VALUES (%(user_id)s, %(robeing_id)s, %(token_data)s, %(oauth_config)s,"
+                    " %(scopes)s, %(metadata)s, %(expiry)s)"
+                    " ON CONFLICT (user_id) DO UPDATE SET"
+                    " robeing_id = COALESCE(EXCLUDED.robeing_id, gmail_token.robeing_id),"
+                    " token_data = EXCLUDED.token_data,"
+                    " oauth_config = COALESCE(EXCLUDED.oauth_config, gmail_token.oauth_config),"
+                    " scopes = COALESCE(EXCLUDED.scopes, gmail_token.scopes),"
+                    " metadata = EXCLUDED.metadata, expiry = EXCLUDED.expiry,"
+                    " updated_at = CURRENT_TIMESTAMP" + _RETURNING,
+                    params,
+                    prepare=self._prepare,
+                ).fetchone()
+                assert saved is not None  # noqa: S101 - RETURNING always yields the row
+                return self._parse(saved)
+
+        record = self._run(work)
+        logger.info(
+            "saved the Gmail grant of %s, token expires %s",
+            describe_user(record.user_id, record.email),
+            record.expiry,
+        )
+        if self._cache is not None:
+            self._cache.invalidate(record.user_id)
+
+    def invalidate(self, user_id: object) -> None:
+        """Forget the user's cached credentials; the next call reads the row."""
+        if self._cache is not None:
+            self._cache.invalidate(parse_user_id(user_id))
+
+    # --- reading -----------------------------------------------------------------------
+
+    def _parse(self, row: Sequence[Any]) -> TokenRecord:
+        return parse_row(row, fallback_client=self._fallback_client)
+
+    def _read(self, uid: str) -> TokenRecord:
+        """The hot path: one autocommit SELECT, no lock."""
+
+        def work(conn: Connection, _progress: _Progress) -> tuple[Any, ...] | None:
+            return conn.execute(_SELECT_ROW, (uid,), prepare=self._prepare).fetchone()
+
+        row = self._run(work)
+        if row is None:
+            raise TokenNotFoundError(uid)
+        return self._parse(row)
+
+    def status_of(self, row: Sequence[Any], *, db_now: datetime) -> TokenStatus:
+        """Classify one selected row (COLUMNS order); `db_now` is the server's LOCALTIMESTAMP."""
+        record = self._parse(row)
+        left = record.seconds_left(time.time())
+        problem = self._unusable_because(record)
+        reauth = record.reauth_reason if problem is None else None
+        idle = record.updated_at is not None and db_now - record.updated_at > IDLE_AFTER
+        state: TokenState
+        if problem:
+            state = "broken"
+        elif reauth:
+            state = "reauth-required"
+        elif idle:
+            state = "idle"
+        elif left <= 0:
+            state = "expired"
+        elif left < self.refresh_margin:
+            state = "refresh-due"
+        else:
+            state = "ok"
+        failure = record.failure
+        return TokenStatus(
+            status="found",
+            user_id=record.user_id,
+            state=state,
+            email=record.email,
+            robeing_id=record.robeing_id,
+            has_token=bool(record.access_token or record.refresh_token),
+            has_access_token=bool(record.access_token),
+            has_refresh_token=bool(record.refresh_token),
+            has_oauth_config=record.client_in_row,
+            is_expired=left <= 0,
+            remaining_seconds=max(int(left), 0) if math.isfinite(left) else None,
+            needs_refresh=left < self.refresh_margin,
+            needs_reauth=reauth is not None,
+            problem=problem or reauth,
+            last_error=dataclasses.asdict(failure) if failure else None,
+            expiry=record.expiry,
+            last_refreshed=record.updated_at,
+            scopes=record.scopes,
+        )
+
+    # --- freshness -----------------------------------------------------------------------
+
+    def _is_due(self, record: TokenRecord) -> bool:
+        return record.seconds_left(time.time()) < self.refresh_margin
+
+    def _unusable_because(self, record: TokenRecord) -> str | None:
+        if record.problem:
+            return record.problem
+        refusal = token_uri_refusal(record.token_uri, self._allowed_hosts)
+        if refusal:
+            return refusal
+        if record.refresh_token and not record.has_client:
+            return (
+                "no OAuth client id/secret (oauth_config, token_data, or "
+                "GOOGLE_CLIENT_ID / GOOGLE_CLIENT_SECRET)"
+            )
+        return None
+
+    def _raise_if_unusable(self, record: TokenRecord) -> None:
+        problem = self._unusable_because(record)
+        if problem:
+            raise InvalidTokenRecordError(record.user_id, record.email, problem)
+        reason = record.reauth_reason
+        if reason:
+            raise ReauthRequiredError(record.user_id, record.email, reason)
+
+    def _fresh(self, record: TokenRecord) -> TokenRecord:
+        """Return `record` if it has `refresh_margin` left, else a refreshed one."""
+        self._raise_if_unusable(record)
+        left = record.seconds_left(time.time())
+        if left >= self.refresh_margin:
+            return record
+        return self._refresh_shared(
+            record,
+            self._is_due,
+            blocking=left <= self.mandatory_refresh_margin,
+            stale_ok=lambda candidate: candidate.seconds_left(time.time()) > 0,
+        )
+
+    def _adopt_or_refresh(self, user_id: str, rejected_token: str | None) -> TokenRecord:
+        """For handed-out Credentials: a token other than `rejected_token`, refreshed if need be."""
+        seen = self._read(user_id)
+        self._raise_if_unusable(seen)
+        if seen.access_token != rejected_token and not self._is_due(seen):
+            self._remember(seen)
+            return seen
+
+        def replace_rejected(record: TokenRecord) -> bool:
+            return record.access_token == rejected_token or self._is_due(record)
+
+        def usable(candidate: TokenRecord) -> bool:
+            return (
+                candidate.access_token != rejected_token and candidate.seconds_left(time.time()) > 0
+            )
+
+        return self._refresh_shared(seen, replace_rejected, blocking=True, stale_ok=usable)
+
+    def _refresh_shared(
+        self,
+        seen: TokenRecord,
+        needs_refresh: Callable[[TokenRecord], bool],
+        *,
+        blocking: bool,
+        stale_ok: Callable[[TokenRecord], bool] | None,
+    ) -> TokenRecord:
+        """Refresh `seen`'s row unless `needs_refresh` says otherwise once the lock is held.
+
+        Threads of this process share one refresh per user. With `blocking=False` a caller
+        that finds a refresh already running (here or in another process) gets `seen` back
+        at once. On a transient failure `seen` is served while `stale_ok(seen)` holds.
+        """
+        uid = seen.user_id
+        started = time.monotonic()
+        deadline = started + self._flight_timeout
+        try:
+            for _ in range(3):  # a follower whose leader's result does not suit it goes again
+
+                def lead() -> TokenRecord:
+                    return self._refresh_in_transaction(seen, needs_refresh, blocking=blocking)
+
+                record, led = self._flights.run(
+                    uid, lead, wait=blocking, timeout=deadline - time.monotonic()
+                )
+                if record is None:  # someone in this process is refreshing; ours is still valid
+                    return seen
+                if led or not needs_refresh(record) or not blocking:
+                    self._remember(record)
+                    return record
+            raise RefreshFailedError(uid, seen.email, "the row kept changing while we waited")
+        except FlightTimeoutError:
+            failure = RefreshFailedError(uid, seen.email, "another thread's refresh took too long")
+            return self._serve_stale_or_raise(seen, stale_ok, failure, started)
+        except RefreshFailedError as failure:
+            return self._serve_stale_or_raise(seen, stale_ok, failure, started)
+
+    def _serve_stale_or_raise(
+        self,
+        seen: TokenRecord,
+        stale_ok: Callable[[TokenRecord], bool] | None,
+        failure: RefreshFailedError,
+        started: float,
+    ) -> TokenRecord:
+        if stale_ok is None or not stale_ok(seen):
+            raise failure
+        left = seen.seconds_left(time.time())
+        logger.warning(
+            "serving the still-valid Gmail token of %s (%d s left) because the refresh failed: %s",
+            describe_user(seen.user_id, seen.email),
+            left,
+            failure.reason,
+        )
+        self._emit("served_stale", seen, started, error=failure.reason)
+        return seen
+
+    # --- the locked refresh --------------------------------------------------------------
+
+    def _refresh_in_transaction(
+        self, seen: TokenRecord, needs_refresh: Callable[[TokenRecord], bool], *, blocking: bool
+    ) -> TokenRecord:
+        started = time.monotonic()
+        revoked: ReauthRequiredError | None = None
+        refreshed = False
+
+        def work(conn: Connection, progress: _Progress) -> TokenRecord:
+            nonlocal revoked, refreshed
+            with conn.transaction():
+                conn.execute(_SET_TIMEOUTS, self._timeouts, prepare=self._prepare)
+                try:
+                    cursor = conn.execute(
+                        _LOCK_ROW if blocking else _TRY_LOCK_ROW,
+                        (seen.user_id,),
+                        prepare=self._prepare,
+                    )
+                except psycopg.errors.LockNotAvailable:
+                    self._emit("lock_timeout", seen, started, error="lock_timeout")
+                    raise RefreshFailedError(
+                        seen.user_id,
+                        seen.email,
+                        f"another process held the row lock for more than {self.lock_timeout:g} s",
+                    ) from None
+                row = cursor.fetchone()
+                if row is None:
+                    if blocking:
+                        raise TokenNotFoundError(seen.user_id)
+                    return seen  # locked by a refresher in another process: keep ours
+                record = self._parse(row)
+                if not needs_refresh(record):
+                    return record  # refreshed by someone else while we waited
+                self._raise_if_unusable(record)
+                assert record.refresh_token and record.client_id and record.client_secret  # noqa: S101
+                progress.contacted_endpoint = True
+                try:
+                    grant = self._endpoint.refresh(
+                        token_uri=record.token_uri,
+                        refresh_token=record.refresh_token,
+                        client_id=record.client_id,
+                        client_secret=record.client_secret,
+                    )
+                except EndpointError as exc:
+                    if exc.kind != "revoked":
+                        raise self._endpoint_failure(record, exc, started) from exc
+                    revoked = self._record_revocation(conn, record, exc, started)
+                    return record
+                expiry_type_has_tz = cursor.description is not None and (
+                    cursor.description[7].type_code == _TIMESTAMPTZ_OID
+                )
+                expiry: datetime = (
+                    grant.expiry.replace(tzinfo=UTC) if expiry_type_has_tz else grant.expiry
+                )
+                cleaned_metadata = metadata_without_failure(record)
+                updated = conn.execute(
+                    "UPDATE gmail_token SET token_data = %s, expiry = %s,"
+                    " scopes = COALESCE(%s, scopes),"
+                    " metadata = CASE WHEN %s THEN %s ELSE metadata END,"
+                    " updated_at = CURRENT_TIMESTAMP WHERE id = %s" + _RETURNING,
+                    (
+                        Jsonb(
+                            refreshed_token_data(
+                                record, grant.access_token, grant.rotated_refresh_token
+                            )
+                        ),
+                        expiry,
+                        Jsonb(list(grant.scopes)) if grant.scopes is not None else None,
+                        cleaned_metadata is not None,
+                        Jsonb(cleaned_metadata) if cleaned_metadata is not None else None,
+                        record.row_id,
+                    ),
+                    prepare=self._prepare,
+                ).fetchone()
+                assert updated is not None  # noqa: S101 - the row is locked by us
+                refreshed = True
+                return self._parse(updated)
+
+        record = self._run(work)
+        if revoked is not None:
+            raise revoked  # after the commit: the failure is recorded for everyone
+        if refreshed:
+            logger.info(
+                "refreshed the Gmail token of %s; it expires %s",
+                describe_user(record.user_id, record.email),
+                record.expiry,
+            )
+            self._emit("refreshed", record, started)
+        return record
+
+    def _record_revocation(
+        self, conn: Connection, record: TokenRecord, exc: EndpointError, started: float
+    ) -> ReauthRequiredError:
+        now = utc_naive(datetime.now(UTC))
+        metadata = metadata_with_failure(record, exc.error, exc.description, now)
+        if metadata is not None:
+            conn.execute(
+                "UPDATE gmail_token SET metadata = %s WHERE id = %s",
+                (Jsonb(metadata), record.row_id),
+                prepare=self._prepare,
+            )
+        logger.warning(
+            "the Gmail grant of %s is dead (%s: %s); the user must re-authorize",
+            describe_user(record.user_id, record.email),
+            exc.error,
+            exc.description,
+        )
+        self._emit("reauth_required", record, started, error=exc.error)
+        if self._cache is not None:
+            self._cache.invalidate(record.user_id)
+        detail = f" ({exc.description})" if exc.description else ""
+        return ReauthRequiredError(
+            record.user_id, record.email, f"the token endpoint answered {exc.error}{detail}"
+        )
+
+    def _endpoint_failure(
+        self, record: TokenRecord, exc: EndpointError, started: float
+    ) -> TokenStoreError:
+        self._emit("refresh_failed", record, started, error=exc.error)
+        if exc.kind == "client":
+            return OAuthClientError(record.user_id, record.email, exc.error, exc.description)
+        detail = f" ({exc.description})" if exc.description else ""
+        return RefreshFailedError(
+            record.user_id, record.email, exc.error + detail, retryable=exc.kind == "transient"
+        )
+
+    # --- handing out -----------------------------------------------------------------------
+
+    def _remember(self, record: TokenRecord) -> Credentials:
+        credentials = credentials_for(record, self._adopt_or_refresh)
+        if self._cache is not None:
+            self._cache.put(
+                record.user_id,
+                credentials,
+                frozenset(record.scopes) if record.scopes is not None else None,
+                seconds_left=record.seconds_left(time.time()),
+                refresh_margin=self.refresh_margin,
+            )
+        return credentials
+
+    # --- events --------------------------------------------------------------------------
+
+    def _emit(
+        self, kind: Any, record: TokenRecord, started: float, *, error: str | None = None
+    ) -> None:
+        hook = self._on_event
+        if hook is None:
+            return
+        event = TokenEvent(
+            kind=kind,
+            user_id=record.user_id,
+            email=record.email,
+            duration=time.monotonic() - started,
+            error=error,
+        )
+        try:
+            hook(event)
+        except Exception:
+            logger.exception("the on_event hook raised for a %s event; ignored", kind)
+
+    # --- connections ---------------------------------------------------------------------
+
+    def _run(self, work: Callable[[Connection, _Progress], T]) -> T:
+        """Run `work` on a pooled connection; retry once on a fresh one if the first broke.
+
+        The retry only happens while `work` has not contacted the token endpoint: a read
+        or a refresh that had not yet sent its request is safe to run again.
+        """
+        if self._closed:
+            raise TokenStoreError("this TokenStore is closed")
+        progress = _Progress()
+        for attempt in range(2):
+            conn: Connection | None = None
+            try:
+                with self._pool.connection() as conn:
+                    return work(conn, progress)
+            except PoolTimeout as exc:
+                raise DatabaseUnavailableError(
+                    f"no database connection within {self._connect_timeout:g} s; "
+                    "check that PostgreSQL is up and the DSN is right, then retry"
+                ) from exc
+            except psycopg.OperationalError as exc:
+                if (
+                    attempt == 0
+                    and conn is not None
+                    and conn.broken
+                    and not progress.contacted_endpoint
+                ):
+                    logger.info("database connection lost (%s); retrying once", type(exc).__name__)
+                    # Connections idle in the pool died with this one (a server restart):
+                    # test them now, so the retry runs on one that works.
+                    self._pool.check()
+                    continue
+                raise DatabaseUnavailableError(
+                    f"the database connection failed ({type(exc).__name__}); retry later"
+                ) from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    @contextmanager
+    def _connection(self) -> Iterator[Connection]:
+        """A pooled connection for the CLI's table-wide operations."""
+        with self._pool.connection() as conn:
+            yield conn
+
+
+def _covers(granted: frozenset[str] | None, wanted: Sequence[str]) -> bool:
+    return granted is not None and granted.issuperset(wanted)
+
+
+def _require_scopes(record: TokenRecord, scopes: Sequence[str] | None) -> None:
+    if scopes is None:
+        return
+    if isinstance(scopes, str):
+        raise ValueError("scopes must be a list of scope URLs, not a single string")
+    granted = set(record.scopes or ())
+    missing = [scope for scope in scopes if scope not in granted]
+    if missing:
+        raise InsufficientScopesError(record.user_id, record.email, missing)
