@@ -155,7 +155,9 @@ def _token_json_layout(endpoint: FakeTokenEndpoint, expires_in: float = 3600) ->
         "client_id": CLIENT_ID,
         "client_secret": CLIENT_SECRET,
         "scopes": [GMAIL_SEND],
-        "expiry": (datetime.now(UTC) + timedelta(seconds=expires_in)).isoformat().replace("+00:00", "Z"),
+        "expiry": (datetime.now(UTC) + timedelta(seconds=expires_in))
+        .isoformat()
+        .replace("+00:00", "Z"),
     }
 
 

@@ -40,8 +40,8 @@ _CLIENT_REJECTED = frozenset({"invalid_client", "unauthorized_client", "deleted_
 _TRANSIENT_CODES = frozenset({"server_error", "temporarily_unavailable", "internal_failure"})
 _TRANSIENT_STATUS = frozenset({408, 429})
 
-#: Attempts after a failure without any HTTP answer (timeout, refused connection).
-_TRANSPORT_ATTEMPTS = 3
+#: HTTP requests per refresh at most, google-auth's own retries included.
+_MAX_ATTEMPTS = 3
 _BACKOFF_SECONDS = (0.25, 0.5)
 #: Google documents one hour; used only when an answer carries no expires_in.
 _DEFAULT_LIFETIME = timedelta(seconds=3600)
@@ -101,8 +101,14 @@ class _BudgetedRequest(google.auth.transport.Request):
         self._inner = inner
         self._http_timeout = http_timeout
         self._deadline = deadline
+        self.attempts = 0
+        self.budget_exhausted = False
         self.last_status: int | None = None
         self.last_json: dict[str, Any] | None = None
+        self.previous_failure: EndpointError | None = None
+
+    def remaining(self) -> float:
+        return self._deadline - time.monotonic()
 
     def __call__(  # type: ignore[override]
         self,
@@ -113,9 +119,13 @@ class _BudgetedRequest(google.auth.transport.Request):
         timeout: float | None = None,
         **kwargs: Any,
     ) -> google.auth.transport.Response:
-        remaining = self._deadline - time.monotonic()
-        if remaining <= 0:
+        self.last_status = None
+        self.last_json = None
+        remaining = self.remaining()
+        if remaining <= 0 or self.attempts >= _MAX_ATTEMPTS:
+            self.budget_exhausted = True
             raise google.auth.exceptions.TransportError("the refresh time budget is used up")
+        self.attempts += 1
         response = self._inner(
             url,
             method=method,
@@ -125,7 +135,6 @@ class _BudgetedRequest(google.auth.transport.Request):
             **kwargs,
         )
         self.last_status = response.status
-        self.last_json = None
         with contextlib.suppress(ValueError, UnicodeDecodeError):
             decoded = json.loads(response.data)
             if isinstance(decoded, dict):
@@ -161,38 +170,39 @@ class TokenEndpoint:
                 refused), "transient" (no answer, 5xx, 429, non-JSON) or "rejected" (any
                 other refusal).
         """
-        deadline = time.monotonic() + self.budget
-        last_failure = EndpointError("transient", "no attempt was made")
-        for attempt in range(_TRANSPORT_ATTEMPTS):
-            request = _BudgetedRequest(self._transport, self.http_timeout, deadline)
+        request = _BudgetedRequest(self._transport, self.http_timeout, time.monotonic() + self.budget)
+        while True:
             try:
                 access_token, new_refresh, expiry, response, _rapt = reauth.refresh_grant(
                     request, token_uri, refresh_token, client_id, client_secret
                 )
             except google.auth.exceptions.RefreshError as exc:
-                raise _classify(request) from exc
+                failure = _classify(request)
+                if failure.kind != "transient":
+                    raise failure from exc
             except google.auth.exceptions.TransportError as exc:
-                # No HTTP answer at all (timeout, refused, reset): the only case google-auth
-                # does not retry itself, so we do, inside the same budget.
-                last_failure = (
-                    _classify(request)
-                    if request.last_status is not None
-                    else EndpointError("transient", _transport_reason(exc))
+                if request.budget_exhausted:
+                    raise request.previous_failure or EndpointError(
+                        "transient", "the refresh time budget is used up"
+                    ) from exc
+                failure = EndpointError("transient", _transport_reason(exc))
+            else:
+                return Grant(
+                    access_token=access_token,
+                    rotated_refresh_token=new_refresh if new_refresh != refresh_token else None,
+                    expiry=utc_naive(expiry) if expiry else _now_naive() + _DEFAULT_LIFETIME,
+                    scopes=tuple(response["scope"].split())
+                    if isinstance(response.get("scope"), str)
+                    else None,
                 )
-                pause = _BACKOFF_SECONDS[min(attempt, len(_BACKOFF_SECONDS) - 1)]
-                if deadline - time.monotonic() <= pause:
-                    break
-                time.sleep(pause)
-                continue
-            return Grant(
-                access_token=access_token,
-                rotated_refresh_token=new_refresh if new_refresh != refresh_token else None,
-                expiry=utc_naive(expiry) if expiry else _now_naive() + _DEFAULT_LIFETIME,
-                scopes=tuple(response["scope"].split())
-                if isinstance(response.get("scope"), str)
-                else None,
-            )
-        raise last_failure
+            # Transient. google-auth already retried 500/503/504/408/429 answers itself (they
+            # count as attempts here); we retry the rest (no answer, a non-JSON 502) while
+            # attempts and budget remain.
+            request.previous_failure = failure
+            pause = _BACKOFF_SECONDS[min(request.attempts - 1, len(_BACKOFF_SECONDS) - 1)]
+            if request.attempts >= _MAX_ATTEMPTS or request.remaining() <= pause:
+                raise failure
+            time.sleep(pause)
 
 
 def _now_naive() -> datetime:

@@ -1,0 +1,92 @@
+"""Herds of real threads and real processes on one token: exactly one token request."""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from gmail_token_store import TokenStore
+from gmail_token_store.testing import FakeTokenEndpoint
+
+from conftest import SeedRow
+from workers import herd_member
+
+
+def run_herd(
+    dsn: str, user_id: str, *, processes: int, threads: int, store_options: dict[str, Any]
+) -> list[tuple[str, float]]:
+    """Start `processes` spawned processes of `threads` callers each, released together."""
+    context = multiprocessing.get_context("spawn")
+    start = context.Barrier(processes)
+    results = context.Queue()
+    members = [
+        context.Process(
+            target=herd_member, args=(dsn, user_id, threads, start, results, store_options)
+        )
+        for _ in range(processes)
+    ]
+    for member in members:
+        member.start()
+    try:
+        outcomes = [results.get(timeout=90) for _ in range(processes * threads)]
+    finally:
+        for member in members:
+            member.join(timeout=30)
+            if member.is_alive():
+                member.kill()
+    errors = [detail for token, detail in outcomes if token == "error"]
+    assert not errors, errors
+    return [(token, float(seconds)) for token, seconds in outcomes]
+
+
+def test_threads_of_one_process_share_one_refresh(
+    make_store: Callable[..., TokenStore], seed: SeedRow, endpoint: FakeTokenEndpoint
+) -> None:
+    endpoint.latency = 0.3
+    store = make_store()
+    row = seed(expires_in=-5)
+    barrier = threading.Barrier(12)
+    tokens: list[str | None] = []
+
+    def call() -> None:
+        barrier.wait(timeout=10)
+        tokens.append(store.get_credentials(row.user_id).token)
+
+    threads = [threading.Thread(target=call) for _ in range(12)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+
+    [request] = endpoint.refresh_requests()
+    assert tokens == [request.issued_access_token] * 12
+
+
+def test_herd_of_24_callers_in_6_processes_on_an_expiring_token_makes_one_request(
+    dsn: str, seed: SeedRow, endpoint: FakeTokenEndpoint
+) -> None:
+    endpoint.latency = 0.2  # the lock is held long enough for everybody to pile up
+    row = seed(expires_in=20)  # inside the mandatory window: everybody must wait
+    outcomes = run_herd(
+        dsn, row.user_id, processes=6, threads=4, store_options={"cache_ttl": 0, "lock_timeout": 30}
+    )
+    [request] = endpoint.refresh_requests()
+    assert [token for token, _ in outcomes] == [request.issued_access_token] * 24
+
+
+def test_herd_inside_the_refresh_window_does_not_wait_for_the_refresh(
+    dsn: str, seed: SeedRow, endpoint: FakeTokenEndpoint
+) -> None:
+    endpoint.latency = 1.5  # a slow token endpoint
+    row = seed(expires_in=120)  # advisory window: 2 minutes left
+    outcomes = run_herd(
+        dsn, row.user_id, processes=4, threads=4, store_options={"cache_ttl": 0, "lock_timeout": 30}
+    )
+    [request] = endpoint.refresh_requests()
+    tokens = [token for token, _ in outcomes]
+    # Only the caller that refreshed waited for the endpoint and got the new token; the
+    # 15 others were answered with the still-valid one instead of queueing on the lock.
+    assert tokens.count(request.issued_access_token) == 1
+    assert tokens.count(row.access_token) == 15
