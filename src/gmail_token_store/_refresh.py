@@ -170,7 +170,9 @@ class TokenEndpoint:
                 refused), "transient" (no answer, 5xx, 429, non-JSON) or "rejected" (any
                 other refusal).
         """
-        request = _BudgetedRequest(self._transport, self.http_timeout, time.monotonic() + self.budget)
+        request = _BudgetedRequest(
+            self._transport, self.http_timeout, time.monotonic() + self.budget
+        )
         while True:
             try:
                 access_token, new_refresh, expiry, response, _rapt = reauth.refresh_grant(

@@ -105,6 +105,20 @@ def _positive(name: str, value: float, *, allow_zero: bool = False) -> float:
     return float(value)
 
 
+def _check_conninfo(conninfo: object) -> None:
+    if not isinstance(conninfo, str) or not conninfo.strip():
+        raise ConfigurationError(
+            "conninfo must be a non-empty libpq URL/DSN string or a psycopg_pool.ConnectionPool"
+        )
+    try:
+        psycopg.conninfo.conninfo_to_dict(conninfo)
+    except psycopg.Error:
+        # libpq's parse errors quote the DSN, password included: never chain them.
+        raise ConfigurationError(
+            "the database DSN cannot be parsed (not shown: it may contain a password)"
+        ) from None
+
+
 class TokenStore:
     """Valid Gmail credentials from the gmail_token table, refreshed at most once at a time.
 
@@ -146,6 +160,8 @@ class TokenStore:
         connect_timeout: float = 10.0,
         on_event: EventHook | None = None,
     ) -> None:
+        if not isinstance(conninfo, ConnectionPool):
+            _check_conninfo(conninfo)
         self.refresh_margin = _positive("refresh_margin", refresh_margin, allow_zero=True)
         self.mandatory_refresh_margin = _positive(
             "mandatory_refresh_margin", mandatory_refresh_margin, allow_zero=True
@@ -187,28 +203,17 @@ class TokenStore:
             f"{int(self.lock_timeout * 1000)}ms",
             f"{int((self._endpoint.budget + 15.0) * 1000)}ms",
         )
-        self._owns_pool = not isinstance(conninfo, ConnectionPool)
+        self._owns_pool = isinstance(conninfo, str)
         self._pool: ConnectionPool[Any] = (
-            conninfo
-            if isinstance(conninfo, ConnectionPool)
-            else self._open_pool(conninfo, prepare_threshold, max_connections)
+            self._open_pool(conninfo, prepare_threshold, max_connections)
+            if isinstance(conninfo, str)
+            else conninfo
         )
         self._closed = False
 
     def _open_pool(
-        self, conninfo: object, prepare_threshold: int | None, max_connections: int
+        self, conninfo: str, prepare_threshold: int | None, max_connections: int
     ) -> ConnectionPool[Any]:
-        if not isinstance(conninfo, str) or not conninfo.strip():
-            raise ConfigurationError(
-                "conninfo must be a non-empty libpq URL/DSN string or a psycopg_pool.ConnectionPool"
-            )
-        try:
-            psycopg.conninfo.conninfo_to_dict(conninfo)
-        except psycopg.Error:
-            # libpq's parse errors quote the DSN, password included: never chain them.
-            raise ConfigurationError(
-                "the database DSN cannot be parsed (not shown: it may contain a password)"
-            ) from None
         return ConnectionPool(
             conninfo,
             min_size=1,
@@ -287,6 +292,8 @@ class TokenStore:
             ReauthRequiredError, InsufficientScopesError, OAuthClientError,
             RefreshFailedError, DatabaseUnavailableError.
         """
+        if isinstance(scopes, str):
+            raise ValueError("scopes must be a list of scope URLs, not a single string")
         cache = self._cache
         if cache is not None and type(user_id) is str:
             entry = cache.get(user_id)  # the hit path: no parsing, no lock, no I/O
@@ -297,9 +304,9 @@ class TokenStore:
             entry = cache.get(uid)
             if entry is not None and (scopes is None or _covers(entry.scopes, scopes)):
                 return entry.credentials
-        record = self._fresh(self._read(uid))
-        _require_scopes(record, scopes)
-        return self._remember(record)
+        record = self._read(uid)
+        _require_scopes(record, scopes)  # before refreshing: a refresh cannot add a scope
+        return self._remember(self._fresh(record))
 
     def refresh(self, user_id: object, *, force: bool = False) -> RefreshResult:
         """Refresh the user's token if it is due (or always, with `force`).
@@ -435,8 +442,9 @@ class TokenStore:
 
     def invalidate(self, user_id: object) -> None:
         """Forget the user's cached credentials; the next call reads the row."""
+        uid = parse_user_id(user_id)
         if self._cache is not None:
-            self._cache.invalidate(parse_user_id(user_id))
+            self._cache.invalidate(uid)
 
     # --- reading -----------------------------------------------------------------------
 
@@ -823,8 +831,6 @@ def _covers(granted: frozenset[str] | None, wanted: Sequence[str]) -> bool:
 def _require_scopes(record: TokenRecord, scopes: Sequence[str] | None) -> None:
     if scopes is None:
         return
-    if isinstance(scopes, str):
-        raise ValueError("scopes must be a list of scope URLs, not a single string")
     granted = set(record.scopes or ())
     missing = [scope for scope in scopes if scope not in granted]
     if missing:

@@ -1,0 +1,135 @@
+"""Credentials handed out keep working when a consuming library refreshes them."""
+
+from __future__ import annotations
+
+import pickle
+import threading
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import google.auth.exceptions
+import google.auth.transport.requests
+import pytest
+
+from gmail_token_store import TokenStore
+from gmail_token_store.testing import FakeTokenEndpoint
+
+from conftest import SeedRow
+
+FetchRow = Callable[[str], dict[str, Any]]
+
+
+class FakeGmailApi:
+    """An API that accepts only tokens the fake endpoint issued: the seed's look revoked."""
+
+    def __init__(self, endpoint: FakeTokenEndpoint) -> None:
+        self.endpoint = endpoint
+        self.seen: list[str] = []
+        api = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+                pass
+
+            def do_GET(self) -> None:
+                token = (self.headers.get("Authorization") or "").removeprefix("Bearer ")
+                api.seen.append(token)
+                issued = {r.issued_access_token for r in api.endpoint.requests}
+                status = 200 if token in issued else 401
+                body = b'{"emailAddress": "test@gmail.com"}' if status == 200 else b"{}"
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}
+        )
+        self.thread.start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/gmail/v1/users/me/profile"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=5)
+
+
+@pytest.fixture
+def gmail_api(endpoint: FakeTokenEndpoint) -> Iterator[FakeGmailApi]:
+    api = FakeGmailApi(endpoint)
+    yield api
+    api.close()
+
+
+def test_authorized_session_401_refreshes_through_the_store_and_persists(
+    store: TokenStore,
+    seed: SeedRow,
+    endpoint: FakeTokenEndpoint,
+    gmail_api: FakeGmailApi,
+    fetch_row: FetchRow,
+) -> None:
+    row = seed(expires_in=3000)  # valid by its expiry, yet the API rejects it
+    credentials = store.get_credentials(row.user_id)
+    with google.auth.transport.requests.AuthorizedSession(credentials) as session:
+        response = session.get(gmail_api.url, timeout=10)
+    assert response.status_code == 200
+    [request] = endpoint.refresh_requests()
+    assert gmail_api.seen == [row.access_token, request.issued_access_token]
+    assert fetch_row(row.user_id)["token_data"]["access_token"] == request.issued_access_token
+    assert credentials.token == request.issued_access_token
+
+
+def test_refresh_adopts_a_newer_token_already_in_the_row_without_a_request(
+    make_store: Callable[..., TokenStore], seed: SeedRow, endpoint: FakeTokenEndpoint
+) -> None:
+    row = seed(expires_in=3000)
+    mine = make_store().get_credentials(row.user_id)
+    newer = make_store().refresh(row.user_id, force=True)  # another replica refreshed
+    assert len(endpoint.refresh_requests()) == 1
+
+    mine.refresh(google.auth.transport.requests.Request())
+
+    assert mine.token == newer.access_token and mine.expiry == newer.expiry
+    assert len(endpoint.refresh_requests()) == 1
+
+
+def test_expired_credentials_are_refreshed_by_the_session_before_the_call(
+    store: TokenStore, seed: SeedRow, endpoint: FakeTokenEndpoint, gmail_api: FakeGmailApi
+) -> None:
+    row = seed(expires_in=3000)
+    credentials = store.get_credentials(row.user_id)
+    credentials.expiry = credentials.expiry.replace(year=2000)  # as if held for hours
+    with google.auth.transport.requests.AuthorizedSession(credentials) as session:
+        response = session.get(gmail_api.url, timeout=10)
+    # The session saw an expired token and asked for another; the row held that same
+    # token, so the store refreshed (a different valid token would have been adopted).
+    assert response.status_code == 200
+    assert len(endpoint.refresh_requests()) == 1
+
+
+def test_copies_stay_bound_to_the_store_and_pickles_are_detached(
+    store: TokenStore, seed: SeedRow, endpoint: FakeTokenEndpoint
+) -> None:
+    row = seed(expires_in=3000)
+    credentials = store.get_credentials(row.user_id)
+    copy = credentials.with_quota_project("my-project")
+    copy.refresh(google.auth.transport.requests.Request())
+    assert copy.token != row.access_token and len(endpoint.refresh_requests()) == 1
+
+    restored = pickle.loads(pickle.dumps(credentials))  # noqa: S301 - our own object
+    assert restored.token == credentials.token and restored.refresh_token is None
+    with pytest.raises(google.auth.exceptions.RefreshError, match="detached"):
+        restored.refresh(google.auth.transport.requests.Request())
+
+
+def test_store_failures_reach_the_consumer_as_refresh_errors(
+    store: TokenStore, seed: SeedRow, endpoint: FakeTokenEndpoint
+) -> None:
+    row = seed(expires_in=3000)
+    credentials = store.get_credentials(row.user_id)
+    endpoint.revoke(row.refresh_token)
+    with pytest.raises(google.auth.exceptions.RefreshError, match="re-authorize") as caught:
+        credentials.refresh(google.auth.transport.requests.Request())
+    assert type(caught.value.__cause__).__name__ == "ReauthRequiredError"
