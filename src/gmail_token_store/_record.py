@@ -97,7 +97,7 @@ class TokenRecord:
         return bool(self.client_id and self.client_secret)
 
 
-class _Unreadable(Exception):
+class _Unreadable(ValueError):
     """A column's content cannot be understood; the message says which and why."""
 
 

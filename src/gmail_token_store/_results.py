@@ -51,6 +51,8 @@ class TokenStatus:
     expiry: datetime | None = None
     #: `updated_at` of the row: the last refresh or save by any writer.
     last_refreshed: datetime | None = None
+    #: Seconds since `last_refreshed`, by the database's clock.
+    seconds_since_refresh: int | None = None
     scopes: tuple[str, ...] | None = None
 
     @property
@@ -79,6 +81,7 @@ class TokenStatus:
             "robeing_id": self.robeing_id,
             "expiry": _iso(self.expiry),
             "last_refreshed": _iso(self.last_refreshed),
+            "seconds_since_refresh": self.seconds_since_refresh,
             "scopes": list(self.scopes) if self.scopes is not None else None,
         }
 

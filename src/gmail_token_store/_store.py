@@ -317,26 +317,51 @@ class TokenStore:
         Returns:
             status "valid" (nothing was needed) or "refreshed".
         """
-        uid = parse_user_id(user_id)
-        seen = self._read(uid)
+        seen = self._read(parse_user_id(user_id))
+        if not force and seen.seconds_left(time.time()) >= self.refresh_margin:
+            return self._result(seen, seen)
+        token_seen = seen.access_token
+
+        def still_the_token_seen(record: TokenRecord) -> bool:
+            return record.access_token == token_seen or self._is_due(record)
+
+        return self._refresh_unless(seen, still_the_token_seen)
+
+    def _refresh_unless_written_since(
+        self, user_id: str, *, last_refreshed: datetime | None, expiry: datetime | None
+    ) -> RefreshResult:
+        """Refresh unless any writer touched the row since a listing showed these values.
+
+        The keepalive's compare-and-set: two runs, or a run and a service, never refresh
+        the same row twice.
+        """
+
+        def unchanged(record: TokenRecord) -> bool:
+            return (record.updated_at, record.expiry) == (last_refreshed, expiry) or self._is_due(
+                record
+            )
+
+        return self._refresh_unless(self._read(user_id), unchanged)
+
+    def _refresh_unless(
+        self, seen: TokenRecord, needs_refresh: Callable[[TokenRecord], bool]
+    ) -> RefreshResult:
         self._raise_if_unusable(seen)
-        if force or seen.seconds_left(time.time()) < self.refresh_margin:
-            first_token = seen.access_token
+        record = (
+            self._refresh_shared(seen, needs_refresh, blocking=True, stale_ok=None)
+            if needs_refresh(seen)
+            else seen
+        )
+        return self._result(seen, record)
 
-            def replace_seen(record: TokenRecord) -> bool:
-                return record.access_token == first_token or self._is_due(record)
-
-            record = self._refresh_shared(seen, replace_seen, blocking=True, stale_ok=None)
-        else:
-            record = seen
+    def _result(self, seen: TokenRecord, record: TokenRecord) -> RefreshResult:
         credentials = self._remember(record)
-        left = record.seconds_left(time.time())
         assert record.access_token is not None and record.expiry is not None  # noqa: S101
         return RefreshResult(
             status="refreshed" if record.access_token != seen.access_token else "valid",
-            user_id=uid,
+            user_id=record.user_id,
             email=record.email,
-            expires_in=max(int(left), 0),
+            expires_in=max(int(record.seconds_left(time.time())), 0),
             expiry=record.expiry,
             access_token=record.access_token,
             credentials=credentials,
@@ -356,7 +381,20 @@ class TokenStore:
         row = self._run(work)
         if row is None:
             return TokenStatus(status="not_found", user_id=uid, state="not-found")
-        return self.status_of(row[:-1], db_now=row[-1])
+        return self._status_of(row[:-1], db_now=row[-1])
+
+    def check_all(self) -> list[TokenStatus]:
+        """Report the health of every grant in the table, oldest row first.
+
+        Raises:
+            DatabaseUnavailableError.
+        """
+
+        def work(conn: Connection, _progress: _Progress) -> list[tuple[Any, ...]]:
+            query = f"SELECT {COLUMNS}, LOCALTIMESTAMP FROM gmail_token ORDER BY id"
+            return conn.execute(query, prepare=self._prepare).fetchall()
+
+        return [self._status_of(row[:-1], db_now=row[-1]) for row in self._run(work)]
 
     def save(
         self,
@@ -462,13 +500,15 @@ class TokenStore:
             raise TokenNotFoundError(uid)
         return self._parse(row)
 
-    def status_of(self, row: Sequence[Any], *, db_now: datetime) -> TokenStatus:
+    def _status_of(self, row: Sequence[Any], *, db_now: datetime) -> TokenStatus:
         """Classify one selected row (COLUMNS order); `db_now` is the server's LOCALTIMESTAMP."""
         record = self._parse(row)
         left = record.seconds_left(time.time())
         problem = self._unusable_because(record)
         reauth = record.reauth_reason if problem is None else None
-        idle = record.updated_at is not None and db_now - record.updated_at > IDLE_AFTER
+        # updated_at and LOCALTIMESTAMP come from the same server clock and zone.
+        since_refresh = db_now - record.updated_at if record.updated_at is not None else None
+        idle = since_refresh is not None and since_refresh > IDLE_AFTER
         state: TokenState
         if problem:
             state = "broken"
@@ -501,6 +541,9 @@ class TokenStore:
             last_error=dataclasses.asdict(failure) if failure else None,
             expiry=record.expiry,
             last_refreshed=record.updated_at,
+            seconds_since_refresh=(
+                int(since_refresh.total_seconds()) if since_refresh is not None else None
+            ),
             scopes=record.scopes,
         )
 

@@ -25,7 +25,7 @@ def parse_user_id(value: object) -> str:
         except ValueError:
             raise InvalidUserIdError(
                 f"user_id must be a UUID such as 'dddddddd-dddd-dddd-dddd-dddddddddddd' "
-                f"(got a string of {len(value)} characters that is not one)"
+                f"(got a {len(value)}-character string that is not one)"
             ) from None
     raise InvalidUserIdError(
         f"user_id must be a UUID string or uuid.UUID, not {type(value).__name__}"

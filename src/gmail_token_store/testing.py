@@ -13,6 +13,7 @@ both are started as the unprivileged ``postgres`` account through small `setpriv
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import enum
 import glob
@@ -32,7 +33,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlencode, urlsplit
+from urllib.parse import parse_qs, unquote_plus, urlencode, urlsplit
 
 __all__ = [
     "FakeTokenEndpoint",
@@ -293,6 +294,11 @@ class _Handler(BaseHTTPRequestHandler):
             form = {key: str(value) for key, value in json.loads(raw or "{}").items()}
         else:
             form = {key: values[0] for key, values in parse_qs(raw).items()}
+        authorization = self.headers.get("Authorization") or ""
+        if authorization.startswith("Basic "):  # RFC 6749 2.3.1: the client may authenticate so
+            client_id, _, client_secret = base64.b64decode(authorization[6:]).decode().partition(":")
+            form.setdefault("client_id", unquote_plus(client_id))
+            form.setdefault("client_secret", unquote_plus(client_secret))
         status, content_type, body = self.server.endpoint._answer(form)
         if status == 0:  # HANG: drop the connection without a word
             self.close_connection = True

@@ -1,0 +1,341 @@
+"""The `gmail-token-store` command: operator tooling on top of TokenStore.
+
+Exit codes: 0 success; 1 an expected failure (bad DSN, unknown user, revoked grant, a
+malformed file) or, for `list --needs-attention` and `refresh-all`, rows that need a
+person; 2 a usage error. Expected failures print one line on stderr, never a traceback,
+and no output ever carries a token, a refresh token, a client secret or a DSN password.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import logging
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TextIO
+
+from ._authorize import GMAIL_SEND, authorize
+from ._keepalive import KeepaliveReport, refresh_all
+from ._results import TokenStatus
+from ._schema import create_table
+from ._store import TokenStore
+from ._token_file import TokenFileError, read_token_file
+from ._user_id import parse_user_id
+from .exceptions import TokenStoreError, describe_user
+
+PROG = "gmail-token-store"
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+class _Failure(Exception):
+    """An expected failure: print the message on one line and exit 1."""
+
+
+def _say(text: str, stream: TextIO | None = None) -> None:
+    print(text, file=stream or sys.stdout)
+
+
+@contextmanager
+def _store(args: argparse.Namespace, **options: Any) -> Iterator[TokenStore]:
+    options.setdefault("connect_timeout", args.connect_timeout)
+    if args.dsn:
+        options["conninfo"] = args.dsn
+    with TokenStore.from_env(**options) as store:
+        yield store
+
+
+def _user_id(value: str) -> str:
+    """argparse type: a UUID, else a usage error (exit 2)."""
+    try:
+        return parse_user_id(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _positive_float(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
+    if not number >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0: {value!r}")
+    return number
+
+
+def _positive_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {value!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1: {value!r}")
+    return number
+
+
+# --- commands ------------------------------------------------------------------------------
+
+
+def _init_db(args: argparse.Namespace) -> int:
+    with _store(args) as store, store._connection() as conn:
+        created = create_table(conn)
+    _say("created table gmail_token" if created else "table gmail_token exists; left unchanged")
+    return EXIT_OK
+
+
+def _import(args: argparse.Namespace) -> int:
+    path: Path = args.file
+    try:
+        credentials = read_token_file(path)
+    except TokenFileError as exc:
+        raise _Failure(
+            f"{path.name} is not a usable token file: {exc}; nothing was written"
+        ) from None
+    except OSError as exc:
+        raise _Failure(f"cannot read {path}: {exc.strerror}") from None
+    with _store(args) as store:
+        store.save(
+            args.user_id,
+            credentials,
+            email=args.email,
+            robeing_id=args.robeing_id,
+            metadata={"source_file": path.name},
+        )
+        status = store.check(args.user_id)
+    _say(
+        f"imported {path.name} for {describe_user(args.user_id, status.email)}: "
+        f"state {status.state}, scopes {' '.join(status.scopes or ()) or '(none)'}"
+    )
+    return EXIT_OK
+
+
+def _authorize(args: argparse.Namespace) -> int:
+    with _store(args) as store:
+        try:
+            authorize(
+                store,
+                client_secrets=args.client_secrets,
+                user_id=args.user_id,
+                email=args.email,
+                scopes=args.scopes,
+                open_browser=not args.no_browser,
+                timeout=args.timeout,
+                port=args.port,
+            )
+        except TimeoutError as exc:
+            raise _Failure(f"{exc}; nothing was stored") from None
+        status = store.check(args.user_id)
+    _say(
+        f"authorized {describe_user(args.user_id, status.email)}: state {status.state}, "
+        f"scopes {' '.join(status.scopes or ())}"
+    )
+    return EXIT_OK
+
+
+def _check(args: argparse.Namespace) -> int:
+    with _store(args) as store:
+        status = store.check(args.user_id)
+    _say(json.dumps(status.to_dict(), indent=2))
+    return EXIT_OK if status.status == "found" else EXIT_FAILURE
+
+
+def _refresh(args: argparse.Namespace) -> int:
+    with _store(args) as store:
+        result = store.refresh(args.user_id, force=args.force)
+    _say(json.dumps(result.to_dict(include_token=False), indent=2))
+    return EXIT_OK
+
+
+def _time_left(status: TokenStatus) -> str:
+    seconds = status.remaining_seconds
+    if seconds is None:
+        return "-"
+    if status.is_expired:
+        return "expired"
+    if seconds < 3600:
+        return f"{seconds // 60}m"
+    if seconds < 86_400:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 86_400}d"
+
+
+def _table(statuses: Sequence[TokenStatus]) -> str:
+    header = ("USER_ID", "EMAIL", "ROBEING", "STATE", "LEFT", "LAST_REFRESH")
+    rows = [
+        (
+            status.user_id,
+            status.email or "-",
+            status.robeing_id or "-",
+            status.state,
+            _time_left(status),
+            status.last_refreshed.strftime("%Y-%m-%d %H:%M") if status.last_refreshed else "-",
+        )
+        for status in statuses
+    ]
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+             for row in [header, *rows]]  # fmt: skip
+    return "\n".join(lines)
+
+
+def _list(args: argparse.Namespace) -> int:
+    with _store(args) as store:
+        statuses = store.check_all()
+    attention = [status for status in statuses if status.needs_attention]
+    shown = attention if args.needs_attention else statuses
+    if args.json:
+        _say(json.dumps([status.to_dict() for status in shown], indent=2))
+    else:
+        if shown:
+            _say(_table(shown))
+        for status in shown:
+            if status.needs_attention and status.problem:
+                _say(f"{status.user_id}: {status.state}: {status.problem}")
+        _say(f"{len(statuses)} grants, {len(attention)} need attention")
+    if args.needs_attention and attention:
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+def _print_progress(report: KeepaliveReport) -> None:
+    _say(
+        f"refresh-all: {report.processed}/{report.due} done, {report.refreshed} refreshed, "
+        f"{len(report.need_reauth) + len(report.failed)} need a person",
+        sys.stderr,
+    )
+
+
+def _refresh_all(args: argparse.Namespace) -> int:
+    within = args.within
+    # One connection and one HTTP connection per worker, plus one for the listing.
+    with _store(args, max_connections=args.concurrency + 1) as store:
+        report = refresh_all(
+            store,
+            within=store.refresh_margin if within is None else within,
+            idle_days=args.idle_days,
+            concurrency=args.concurrency,
+            progress=_print_progress,
+        )
+    _say(f"refresh-all: {report.checked} grants, {report.due} due or idle")
+    _say(f"  refreshed:             {report.refreshed}")
+    _say(f"  still valid:           {report.still_valid}")
+    _say(f"  need re-authorization: {len(report.need_reauth)}")
+    _say(f"  failed:                {len(report.failed) + len(report.retry_later)}")
+    for label, rows in (
+        ("need re-authorization", report.need_reauth),
+        ("failed (an operator must look)", report.failed),
+        ("failed (will be retried next run)", report.retry_later),
+    ):
+        for who, why in rows:
+            _say(f"{label}: {who}: {why}")
+    return EXIT_FAILURE if report.needs_a_person else EXIT_OK
+
+
+# --- the parser ----------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Operate the gmail_token table: health, alerts, keepalive, import, consent.",
+        epilog="Exit codes: 0 ok, 1 failure or rows needing a person, 2 usage error.",
+    )
+    parser.add_argument(
+        "--dsn",
+        help="PostgreSQL URL or DSN (default: $GMAIL_TOKEN_STORE_DSN, then $DATABASE_URL)",
+    )
+    parser.add_argument(
+        "--connect-timeout", type=_positive_float, default=5.0, metavar="SECONDS",
+        help="seconds to wait for a database connection (default: 5)",
+    )  # fmt: skip
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what the library does")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    command(
+        "init-db", _init_db, "create the gmail_token table if it does not exist (never alters it)"
+    )
+
+    sub = command("import", _import, "store a token.json (authorized-user JSON) as a user's grant")
+    sub.add_argument("file", type=Path, help="the authorized-user JSON file")
+    sub.add_argument("--user-id", type=_user_id, required=True, help="the user's UUID")
+    sub.add_argument("--email", help="the Gmail address, stored in metadata")
+    sub.add_argument("--robeing-id", help="stored in the robeing_id column")
+
+    sub = command(
+        "authorize", _authorize, "run the Google consent flow for a user and store the grant"
+    )
+    sub.add_argument("--client-secrets", type=Path, required=True, help="OAuth client secrets JSON")
+    sub.add_argument("--user-id", type=_user_id, required=True, help="the user's UUID")
+    sub.add_argument("--email", help="the Gmail address (login hint, stored in metadata)")
+    sub.add_argument("--scopes", nargs="+", default=[GMAIL_SEND], metavar="SCOPE",
+                     help=f"scopes to ask for (default: {GMAIL_SEND})")  # fmt: skip
+    sub.add_argument(
+        "--no-browser", action="store_true", help="print the URL instead of opening it"
+    )
+    sub.add_argument("--timeout", type=_positive_float, default=300.0, metavar="SECONDS",
+                     help="seconds to wait for the browser's redirect (default: 300)")  # fmt: skip
+    sub.add_argument(
+        "--port", type=int, default=0, help="loopback port for the redirect (default: any)"
+    )
+
+    sub = command("check", _check, "print a user's grant health as JSON (exit 1 if not found)")
+    sub.add_argument("user_id", type=_user_id, metavar="USER_ID")
+
+    sub = command("refresh", _refresh, "refresh a user's token if due (or always, with --force)")
+    sub.add_argument("user_id", type=_user_id, metavar="USER_ID")
+    sub.add_argument("--force", action="store_true", help="refresh even if the token is fresh")
+
+    sub = command("list", _list, "list every grant with its state")
+    sub.add_argument("--json", action="store_true", help="a JSON array instead of a table")
+    sub.add_argument("--needs-attention", action="store_true",
+                     help="only rows that need a person; exit 1 when there are any (the alert)")  # fmt: skip
+
+    sub = command("refresh-all", _refresh_all, "keepalive: refresh every due or idle grant")
+    sub.add_argument("--within", type=_positive_float, metavar="SECONDS",
+                     help="refresh tokens expiring within this many seconds (default: the refresh margin)")  # fmt: skip
+    sub.add_argument("--idle-days", type=_positive_float, default=30.0, metavar="N",
+                     help="also refresh grants not refreshed for N days (default: 30)")  # fmt: skip
+    sub.add_argument("--concurrency", type=_positive_int, default=4, metavar="N",
+                     help="refreshes in flight at once (default: 4)")  # fmt: skip
+    return parser
+
+
+def _configure_logging(verbose: bool) -> None:
+    root = logging.getLogger()
+    if not verbose:
+        # Quiet: expected failures are reported once, by us, on one line. A handler that
+        # drops everything also keeps logging's last-resort stderr handler out.
+        root.addHandler(logging.NullHandler())
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(f"{PROG}: %(levelname)s: %(name)s: %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(logging.WARNING)
+    logging.getLogger("gmail_token_store").setLevel(logging.INFO)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit code."""
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(line_buffering=True)  # the authorize URL must show when piped
+    args = build_parser().parse_args(argv)
+    _configure_logging(args.verbose)
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except (TokenStoreError, _Failure) as exc:
+        _say(f"{PROG}: error: {exc}", sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        _say(f"{PROG}: interrupted", sys.stderr)
+        return 130

@@ -1,0 +1,515 @@
+"""The gmail-token-store command, run as the installed console script in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import requests
+from google.oauth2.credentials import Credentials
+from psycopg.types.json import Jsonb
+
+from gmail_token_store.testing import FakeTokenEndpoint, Reply
+
+from conftest import CLIENT_ID, CLIENT_SECRET, GMAIL_READONLY, GMAIL_SEND, SeedRow, utcnow
+
+DSN_PASSWORD = "cli-dsn-password-" + "Q" * 8
+SCRIPT = shutil.which("gmail-token-store", path=os.path.dirname(sys.executable))
+SEED_COLUMNS = [
+    ("id", "integer", "NO", "nextval('gmail_token_id_seq'::regclass)"),
+    ("user_id", "uuid", "NO", None),
+    ("robeing_id", "character varying", "YES", None),
+    ("token_data", "jsonb", "NO", None),
+    ("oauth_config", "jsonb", "YES", None),
+    ("scopes", "jsonb", "YES", None),
+    ("metadata", "jsonb", "YES", None),
+    ("expiry", "timestamp without time zone", "YES", None),
+    ("is_equipped", "boolean", "YES", "false"),
+    ("equipped_to", "character varying", "YES", None),
+    ("created_at", "timestamp without time zone", "YES", "CURRENT_TIMESTAMP"),
+    ("updated_at", "timestamp without time zone", "YES", "CURRENT_TIMESTAMP"),
+]
+
+
+class Cli:
+    """Runs the console script with the DSN (password included) in its environment."""
+
+    def __init__(self, dsn: str) -> None:
+        assert SCRIPT is not None, "the gmail-token-store script is not installed in this venv"
+        self.dsn = dsn.replace("postgres@", f"postgres:{DSN_PASSWORD}@")
+        self.outputs: list[str] = []
+        self.secrets: set[str] = {CLIENT_SECRET, DSN_PASSWORD}
+
+    def env(self) -> dict[str, str]:
+        env = {
+            k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "GOOGLE_CLIENT_SECRET")
+        }
+        env["GMAIL_TOKEN_STORE_DSN"] = self.dsn
+        return env
+
+    def __call__(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        assert SCRIPT is not None
+        result = subprocess.run(
+            [SCRIPT, *args],
+            capture_output=True,
+            text=True,
+            env=self.env(),
+            timeout=timeout,
+            check=False,
+        )
+        self.outputs += [result.stdout, result.stderr]
+        return result
+
+    def leaked(self, endpoint: FakeTokenEndpoint) -> list[str]:
+        secrets = set(self.secrets)
+        for request in endpoint.requests:
+            secrets |= {t for t in (request.issued_access_token, request.refresh_token) if t}
+        text = "\n".join(self.outputs)
+        return sorted(secret for secret in secrets if secret in text)
+
+
+@pytest.fixture
+def cli(dsn: str, endpoint: FakeTokenEndpoint) -> Iterator[Cli]:
+    runner = Cli(dsn)
+    yield runner
+    assert runner.leaked(endpoint) == [], "a secret reached the command's output"
+
+
+def seeded(cli: Cli, seed: SeedRow, **columns: Any) -> str:
+    row = seed(**columns)
+    cli.secrets |= {row.access_token, row.refresh_token}
+    return row.user_id
+
+
+def one_line(text: str) -> str:
+    lines = text.strip().splitlines()
+    assert len(lines) == 1, f"expected one line, got: {text!r}"
+    return lines[0]
+
+
+# --- init-db -------------------------------------------------------------------------------
+
+
+def test_init_db_creates_the_seed_table_once_and_never_alters_it(dsn: str, cli: Cli) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("DROP TABLE gmail_token")
+    first, second = cli("init-db"), cli("init-db")
+    assert (first.returncode, second.returncode) == (0, 0)
+    assert "created" in first.stdout and "left unchanged" in second.stdout
+    with psycopg.connect(dsn) as conn:
+        columns = conn.execute(
+            "SELECT column_name, data_type, is_nullable, column_default FROM information_schema.columns"
+            " WHERE table_name = 'gmail_token' ORDER BY ordinal_position"
+        ).fetchall()
+        unique = conn.execute(
+            "SELECT indexdef FROM pg_indexes WHERE tablename = 'gmail_token' ORDER BY indexname"
+        ).fetchall()
+    assert columns == SEED_COLUMNS
+    assert any("UNIQUE" in index and "(user_id)" in index for (index,) in unique)
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("ALTER TABLE gmail_token ADD COLUMN added_by_someone_else text")
+    assert cli("init-db").returncode == 0
+    with psycopg.connect(dsn) as conn:
+        names = [r[0] for r in conn.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = 'gmail_token'"
+        )]  # fmt: skip
+    assert "added_by_someone_else" in names
+
+
+# --- import --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("trailing_z", [True, False], ids=["expiry with Z", "expiry without Z"])
+def test_import_stores_a_token_json_in_the_seed_layout(
+    dsn: str, cli: Cli, endpoint: FakeTokenEndpoint, tmp_path: Path, trailing_z: bool
+) -> None:
+    expiry = (utcnow() + timedelta(hours=1)).replace(microsecond=0)
+    credentials = Credentials(
+        "ya29.imported-" + "i" * 20,
+        refresh_token="1//imported-refresh-" + "r" * 12,
+        token_uri=endpoint.token_uri,
+        client_id=CLIENT_ID,
+        client_secret=CLIENT_SECRET,
+        scopes=[GMAIL_SEND, GMAIL_READONLY],
+        expiry=expiry,
+    )
+    document = json.loads(credentials.to_json())  # what InstalledAppFlow scripts wrote
+    assert document["expiry"].endswith("Z")
+    if not trailing_z:
+        document["expiry"] = document["expiry"].removesuffix("Z")
+    path = tmp_path / "token_user42.json"
+    path.write_text(json.dumps(document))
+    cli.secrets |= {credentials.token, credentials.refresh_token}
+    user_id = str(uuid.uuid4())
+
+    result = cli(
+        "import",
+        str(path),
+        "--user-id",
+        user_id,
+        "--email",
+        "imp@gmail.com",
+        "--robeing-id",
+        "rb-9",
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert user_id in result.stdout and "imp@gmail.com" in result.stdout
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(
+            "SELECT token_data, oauth_config, scopes, expiry, metadata, robeing_id FROM gmail_token"
+            " WHERE user_id = %s",
+            (user_id,),
+        ).fetchone()
+    assert row is not None
+    token_data, oauth_config, scopes, stored_expiry, metadata, robeing_id = row
+    assert token_data == {
+        "access_token": credentials.token,
+        "refresh_token": credentials.refresh_token,
+        "token_type": "Bearer",
+    }
+    assert oauth_config == {
+        "client_id": CLIENT_ID,
+        "client_secret": CLIENT_SECRET,
+        "token_uri": endpoint.token_uri,
+    }
+    assert scopes == [GMAIL_SEND, GMAIL_READONLY]
+    assert stored_expiry == expiry
+    assert metadata == {"email": "imp@gmail.com", "source_file": "token_user42.json"}
+    assert robeing_id == "rb-9"
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "not json at all",
+        json.dumps(["a", "list"]),
+        json.dumps({"token": "ya29.x", "client_id": CLIENT_ID}),  # no refresh token
+        json.dumps({"refresh_token": 42}),
+        json.dumps({"refresh_token": "1//r", "expiry": "next tuesday"}),
+        json.dumps({"refresh_token": "1//r", "scopes": {"a": 1}}),
+        json.dumps({"refresh_token": "1//r", "token_uri": "https://evil.example.com/token"}),
+        json.dumps({"type": "service_account", "refresh_token": "1//r"}),
+    ],
+    ids=[
+        "not JSON",
+        "array",
+        "no refresh token",
+        "refresh token not a string",
+        "bad expiry",
+        "bad scopes",
+        "foreign token_uri",
+        "service account",
+    ],  # fmt: skip
+)
+def test_import_of_a_malformed_file_prints_one_line_and_writes_nothing(
+    dsn: str, cli: Cli, tmp_path: Path, content: str
+) -> None:
+    path = tmp_path / "token.json"
+    path.write_text(content)
+    result = cli("import", str(path), "--user-id", str(uuid.uuid4()))
+    assert result.returncode == 1
+    assert one_line(result.stderr).startswith("gmail-token-store: error:")
+    assert "Traceback" not in result.stderr and result.stdout == ""
+    with psycopg.connect(dsn) as conn:
+        assert conn.execute("SELECT count(*) FROM gmail_token").fetchone() == (0,)
+
+
+# --- check / refresh -----------------------------------------------------------------------
+
+
+def test_check_prints_auth_server_json_and_exits_by_found(cli: Cli, seed: SeedRow) -> None:
+    user_id = seeded(cli, seed, expires_in=120)
+    found = cli("check", user_id)
+    assert found.returncode == 0
+    report = json.loads(found.stdout)
+    assert report["status"] == "found" and report["needs_refresh"] is True
+    assert report["email"] == "test@gmail.com" and report["has_refresh_token"] is True
+
+    missing = cli("check", str(uuid.uuid4()))
+    assert missing.returncode == 1 and json.loads(missing.stdout)["status"] == "not_found"
+
+
+def test_refresh_prints_json_and_a_revoked_grant_fails_in_one_line(
+    cli: Cli, seed: SeedRow, endpoint: FakeTokenEndpoint
+) -> None:
+    due = seeded(cli, seed, expires_in=60)
+    result = cli("refresh", due)
+    assert result.returncode == 0, result.stderr
+    answer = json.loads(result.stdout)
+    assert answer["status"] == "refreshed" and 3500 < answer["expires_in"] <= 3599
+    assert "access_token" not in answer  # the command never prints a token
+    assert json.loads(cli("refresh", due).stdout)["status"] == "valid"
+    assert json.loads(cli("refresh", due, "--force").stdout)["status"] == "refreshed"
+
+    row = seed(expires_in=0)
+    cli.secrets |= {row.access_token, row.refresh_token}
+    endpoint.revoke(row.refresh_token)
+    failed = cli("refresh", row.user_id)
+    assert failed.returncode == 1 and failed.stdout == ""
+    line = one_line(failed.stderr)
+    assert row.user_id in line and "test@gmail.com" in line and "re-authorize" in line
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["check", "not-a-uuid"],
+        ["refresh"],
+        [],
+        ["list", "--bogus"],
+        ["refresh-all", "--concurrency", "0"],
+    ],
+    ids=["malformed id", "missing id", "no command", "unknown flag", "zero concurrency"],
+)
+def test_usage_errors_exit_2(cli: Cli, args: list[str]) -> None:
+    assert cli(*args).returncode == 2
+
+
+@pytest.mark.parametrize(
+    "command",
+    [[], ["init-db"], ["import"], ["authorize"], ["check"], ["refresh"], ["list"], ["refresh-all"]],
+)
+def test_every_command_has_help(cli: Cli, command: list[str]) -> None:
+    result = cli(*command, "--help")
+    assert result.returncode == 0 and "usage: gmail-token-store" in result.stdout
+
+
+def test_module_entry_point_runs_the_same_command() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "gmail_token_store", "--help"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0 and "refresh-all" in result.stdout
+
+
+def test_unreachable_database_is_one_line_without_the_password(cli: Cli) -> None:
+    dsn = f"postgresql://postgres:{DSN_PASSWORD}@127.0.0.1:1/test"
+    result = cli("--dsn", dsn, "--connect-timeout", "0.5", "check", str(uuid.uuid4()))
+    assert result.returncode == 1
+    assert "no database connection" in one_line(result.stderr)
+
+
+def test_missing_dsn_is_one_line(cli: Cli) -> None:
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("GMAIL_TOKEN_STORE_DSN", "DATABASE_URL")
+    }
+    assert SCRIPT is not None
+    result = subprocess.run([SCRIPT, "list"], capture_output=True, text=True, env=env, check=False)
+    assert result.returncode == 1 and "GMAIL_TOKEN_STORE_DSN" in one_line(result.stderr)
+
+
+# --- list ----------------------------------------------------------------------------------
+
+
+def test_list_shows_every_state_and_needs_attention_is_the_alert(
+    cli: Cli, seed: SeedRow, endpoint: FakeTokenEndpoint
+) -> None:
+    healthy = seeded(cli, seed, expires_in=3000, email="ok@gmail.com")
+    due = seeded(cli, seed, expires_in=100, email="due@gmail.com")
+    revoked_row = seed(expires_in=0, email="gone@gmail.com")
+    cli.secrets |= {revoked_row.access_token, revoked_row.refresh_token}
+    endpoint.revoke(revoked_row.refresh_token)
+    assert cli("refresh", revoked_row.user_id).returncode == 1  # records invalid_grant
+    broken = seeded(cli, seed, token_data=Jsonb("{oops"), email="broken@gmail.com")
+    idle = seeded(cli, seed, expires_in=3000, updated_at=utcnow() - timedelta(days=170))
+
+    everything = cli("list", "--json")
+    assert everything.returncode == 0
+    states = {entry["user_id"]: entry["state"] for entry in json.loads(everything.stdout)}
+    assert states == {
+        healthy: "ok",
+        due: "refresh-due",
+        revoked_row.user_id: "reauth-required",
+        broken: "broken",
+        idle: "idle",
+    }
+
+    alert = cli("list", "--needs-attention")
+    assert alert.returncode == 1
+    assert revoked_row.user_id in alert.stdout and "gone@gmail.com" in alert.stdout
+    assert broken in alert.stdout and idle in alert.stdout
+    assert healthy not in alert.stdout and due not in alert.stdout
+    table = cli("list")
+    assert table.returncode == 0 and table.stdout.splitlines()[0].split() == [
+        "USER_ID", "EMAIL", "ROBEING", "STATE", "LEFT", "LAST_REFRESH",
+    ]  # fmt: skip
+    assert "5 grants, 3 need attention" in table.stdout
+
+
+def test_needs_attention_exits_0_when_all_is_well(cli: Cli, seed: SeedRow) -> None:
+    seeded(cli, seed, expires_in=3000)
+    seeded(cli, seed, expires_in=-50)  # expired is normal: the next use refreshes it
+    result = cli("list", "--needs-attention", "--json")
+    assert result.returncode == 0 and json.loads(result.stdout) == []
+
+
+# --- refresh-all ---------------------------------------------------------------------------
+
+
+def test_refresh_all_refreshes_exactly_the_due_rows(
+    cli: Cli, seed: SeedRow, endpoint: FakeTokenEndpoint
+) -> None:
+    due = {
+        seeded(cli, seed, expires_in=expires)
+        for expires in (-3600, -5, 0, 30, 60, 120, 200, 250, 299, 10)
+    }
+    for _ in range(10):
+        seeded(cli, seed, expires_in=3000)
+
+    result = cli("refresh-all", "--concurrency", "4")
+
+    assert result.returncode == 0, result.stderr
+    assert {r.refresh_token for r in endpoint.refresh_requests()} == {
+        r for r in _refresh_tokens_of(cli, due)
+    }
+    assert len(endpoint.refresh_requests()) == 10
+    assert "refreshed:             10" in result.stdout
+    again = cli("refresh-all")
+    assert again.returncode == 0 and len(endpoint.refresh_requests()) == 10
+
+
+def _refresh_tokens_of(cli: Cli, user_ids: set[str]) -> set[str]:
+    with psycopg.connect(cli.dsn) as conn:
+        rows = conn.execute(
+            "SELECT token_data->>'refresh_token' FROM gmail_token WHERE user_id = ANY(%s)",
+            ([uuid.UUID(u) for u in user_ids],),
+        ).fetchall()
+    return {token for (token,) in rows}
+
+
+def test_refresh_all_keeps_idle_grants_alive_and_reports_dead_ones(
+    cli: Cli, seed: SeedRow, endpoint: FakeTokenEndpoint
+) -> None:
+    idle = seeded(cli, seed, expires_in=3000, updated_at=utcnow() - timedelta(days=40))
+    seeded(cli, seed, expires_in=3000)  # fresh and recently refreshed: left alone
+    dead = seed(expires_in=0)
+    cli.secrets |= {dead.access_token, dead.refresh_token}
+    endpoint.revoke(dead.refresh_token)
+
+    result = cli("refresh-all", "--idle-days", "30")
+
+    assert result.returncode == 1  # a dead grant needs a person
+    assert "refreshed:             1" in result.stdout
+    assert f"need re-authorization: {dead.user_id}" in result.stdout
+    assert {r.reply for r in endpoint.refresh_requests()} == {Reply.OK, Reply.INVALID_GRANT}
+    assert json.loads(cli("check", idle).stdout)["seconds_since_refresh"] < 60
+
+
+def test_two_refresh_all_runs_at_once_refresh_each_row_once(
+    cli: Cli, seed: SeedRow, endpoint: FakeTokenEndpoint
+) -> None:
+    endpoint.latency = 0.1
+    for _ in range(12):
+        seeded(cli, seed, expires_in=10)
+    assert SCRIPT is not None
+    runs = [
+        subprocess.Popen([SCRIPT, "refresh-all", "--concurrency", "3"], env=cli.env(), text=True,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        for _ in range(2)
+    ]  # fmt: skip
+    for run in runs:
+        out, err = run.communicate(timeout=120)
+        cli.outputs += [out, err]
+        assert run.returncode == 0, err
+    assert len(endpoint.refresh_requests()) == 12
+
+
+# --- authorize -----------------------------------------------------------------------------
+
+
+def test_authorize_runs_the_consent_flow_with_the_test_as_the_browser(
+    dsn: str, cli: Cli, endpoint: FakeTokenEndpoint, tmp_path: Path
+) -> None:
+    secrets_file = tmp_path / "client_secret.json"
+    secrets_file.write_text(json.dumps(endpoint.client_config(CLIENT_ID, CLIENT_SECRET)))
+    user_id = str(uuid.uuid4())
+    assert SCRIPT is not None
+    process = subprocess.Popen(
+        [SCRIPT, "authorize", "--client-secrets", str(secrets_file), "--user-id", user_id,
+         "--email", "passport@gmail.com", "--no-browser", "--timeout", "60"],
+        env=cli.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert process.stdout is not None
+        url = ""
+        deadline = time.monotonic() + 30
+        while not url and time.monotonic() < deadline:
+            line = process.stdout.readline()  # printed at once, even though stdout is a pipe
+            cli.outputs.append(line)
+            match = re.search(r"https?://\S+", line)
+            url = match.group(0) if match else ""
+        assert url.startswith(endpoint.auth_uri), url
+        assert "gmail.send" in url and "access_type=offline" in url and "prompt=consent" in url
+
+        # Act as the browser: the consent page redirects to the command's loopback server.
+        page = requests.get(url, timeout=30)
+        assert page.status_code == 200 and "granted" in page.text
+        out, err = process.communicate(timeout=60)
+        cli.outputs += [out, err]
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 0, err
+    assert f"authorized user {user_id} (passport@gmail.com)" in out
+    [exchange] = endpoint.requests
+    assert exchange.grant_type == "authorization_code" and exchange.client_secret == CLIENT_SECRET
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(
+            "SELECT token_data, scopes, metadata, oauth_config FROM gmail_token WHERE user_id = %s",
+            (user_id,),
+        ).fetchone()
+    assert row is not None
+    token_data, scopes, metadata, oauth_config = row
+    assert token_data["access_token"] == exchange.issued_access_token
+    assert token_data["refresh_token"].startswith("1//fake-refresh-")
+    cli.secrets.add(token_data["refresh_token"])
+    assert scopes == [GMAIL_SEND]
+    assert metadata["email"] == "passport@gmail.com"
+    assert oauth_config["token_uri"] == endpoint.token_uri
+
+
+def test_authorize_without_a_redirect_times_out_in_one_line(
+    cli: Cli, endpoint: FakeTokenEndpoint, tmp_path: Path
+) -> None:
+    secrets_file = tmp_path / "client_secret.json"
+    secrets_file.write_text(json.dumps(endpoint.client_config(CLIENT_ID, CLIENT_SECRET)))
+    result = cli("authorize", "--client-secrets", str(secrets_file), "--user-id", str(uuid.uuid4()),
+                 "--no-browser", "--timeout", "1")  # fmt: skip
+    assert result.returncode == 1
+    assert "no authorization arrived within 1 s" in one_line(result.stderr)
+
+
+def test_authorize_refuses_a_foreign_token_uri(
+    cli: Cli, endpoint: FakeTokenEndpoint, tmp_path: Path
+) -> None:
+    config = endpoint.client_config(CLIENT_ID, CLIENT_SECRET)
+    config["installed"]["token_uri"] = "https://evil.example.com/token"
+    secrets_file = tmp_path / "client_secret.json"
+    secrets_file.write_text(json.dumps(config))
+    result = cli(
+        "authorize",
+        "--client-secrets",
+        str(secrets_file),
+        "--user-id",
+        str(uuid.uuid4()),
+        "--no-browser",
+    )
+    assert result.returncode == 1 and "token_uri" in one_line(result.stderr)
+    assert endpoint.requests == []
