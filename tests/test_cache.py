@@ -135,7 +135,7 @@ def test_cache_under_concurrent_hits_misses_and_invalidations(
                 if index % 7 == 0:
                     store.invalidate(row.user_id)
                 index += 3
-        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=hammer, args=(n,)) for n in range(8)]

@@ -110,8 +110,9 @@ def test_init_db_creates_the_seed_table_once_and_never_alters_it(dsn: str, cli: 
     assert "created" in first.stdout and "left unchanged" in second.stdout
     with psycopg.connect(dsn) as conn:
         columns = conn.execute(
-            "SELECT column_name, data_type, is_nullable, column_default FROM information_schema.columns"
-            " WHERE table_name = 'gmail_token' ORDER BY ordinal_position"
+            "SELECT column_name, data_type, is_nullable, column_default"
+            " FROM information_schema.columns WHERE table_name = 'gmail_token'"
+            " ORDER BY ordinal_position"
         ).fetchall()
         unique = conn.execute(
             "SELECT indexdef FROM pg_indexes WHERE tablename = 'gmail_token' ORDER BY indexname"
@@ -123,10 +124,11 @@ def test_init_db_creates_the_seed_table_once_and_never_alters_it(dsn: str, cli: 
         conn.execute("ALTER TABLE gmail_token ADD COLUMN added_by_someone_else text")
     assert cli("init-db").returncode == 0
     with psycopg.connect(dsn) as conn:
-        names = [r[0] for r in conn.execute(
-            "SELECT column_name FROM information_schema.columns WHERE table_name = 'gmail_token'"
-        )]  # fmt: skip
-    assert "added_by_someone_else" in names
+        names = conn.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = %s",
+            ("gmail_token",),
+        ).fetchall()
+    assert ("added_by_someone_else",) in names
 
 
 # --- import --------------------------------------------------------------------------------
@@ -152,7 +154,7 @@ def test_import_stores_a_token_json_in_the_seed_layout(
         document["expiry"] = document["expiry"].removesuffix("Z")
     path = tmp_path / "token_user42.json"
     path.write_text(json.dumps(document))
-    cli.secrets |= {credentials.token, credentials.refresh_token}
+    cli.secrets |= {document["token"], document["refresh_token"]}
     user_id = str(uuid.uuid4())
 
     result = cli(
@@ -213,7 +215,7 @@ def test_import_stores_a_token_json_in_the_seed_layout(
         "bad scopes",
         "foreign token_uri",
         "service account",
-    ],  # fmt: skip
+    ],
 )
 def test_import_of_a_malformed_file_prints_one_line_and_writes_nothing(
     dsn: str, cli: Cli, tmp_path: Path, content: str
@@ -347,8 +349,13 @@ def test_list_shows_every_state_and_needs_attention_is_the_alert(
     assert healthy not in alert.stdout and due not in alert.stdout
     table = cli("list")
     assert table.returncode == 0 and table.stdout.splitlines()[0].split() == [
-        "USER_ID", "EMAIL", "ROBEING", "STATE", "LEFT", "LAST_REFRESH",
-    ]  # fmt: skip
+        "USER_ID",
+        "EMAIL",
+        "ROBEING",
+        "STATE",
+        "LEFT",
+        "LAST_REFRESH",
+    ]
     assert "5 grants, 3 need attention" in table.stdout
 
 
@@ -419,10 +426,15 @@ def test_two_refresh_all_runs_at_once_refresh_each_row_once(
         seeded(cli, seed, expires_in=10)
     assert SCRIPT is not None
     runs = [
-        subprocess.Popen([SCRIPT, "refresh-all", "--concurrency", "3"], env=cli.env(), text=True,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        subprocess.Popen(
+            [SCRIPT, "refresh-all", "--concurrency", "3"],
+            env=cli.env(),
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
         for _ in range(2)
-    ]  # fmt: skip
+    ]
     for run in runs:
         out, err = run.communicate(timeout=120)
         cli.outputs += [out, err]
@@ -441,10 +453,24 @@ def test_authorize_runs_the_consent_flow_with_the_test_as_the_browser(
     user_id = str(uuid.uuid4())
     assert SCRIPT is not None
     process = subprocess.Popen(
-        [SCRIPT, "authorize", "--client-secrets", str(secrets_file), "--user-id", user_id,
-         "--email", "passport@gmail.com", "--no-browser", "--timeout", "60"],
-        env=cli.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [
+            SCRIPT,
+            "authorize",
+            "--client-secrets",
+            str(secrets_file),
+            "--user-id",
+            user_id,
+            "--email",
+            "passport@gmail.com",
+            "--no-browser",
+            "--timeout",
+            "60",
+        ],
+        env=cli.env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert process.stdout is not None
         url = ""
@@ -490,8 +516,16 @@ def test_authorize_without_a_redirect_times_out_in_one_line(
 ) -> None:
     secrets_file = tmp_path / "client_secret.json"
     secrets_file.write_text(json.dumps(endpoint.client_config(CLIENT_ID, CLIENT_SECRET)))
-    result = cli("authorize", "--client-secrets", str(secrets_file), "--user-id", str(uuid.uuid4()),
-                 "--no-browser", "--timeout", "1")  # fmt: skip
+    result = cli(
+        "authorize",
+        "--client-secrets",
+        str(secrets_file),
+        "--user-id",
+        str(uuid.uuid4()),
+        "--no-browser",
+        "--timeout",
+        "1",
+    )
     assert result.returncode == 1
     assert "no authorization arrived within 1 s" in one_line(result.stderr)
 

@@ -2,43 +2,14 @@
 
 from __future__ import annotations
 
-import multiprocessing
 import threading
 from collections.abc import Callable
-from typing import Any
 
 from gmail_token_store import TokenStore
 from gmail_token_store.testing import FakeTokenEndpoint
 
 from conftest import SeedRow
-from workers import herd_member
-
-
-def run_herd(
-    dsn: str, user_id: str, *, processes: int, threads: int, store_options: dict[str, Any]
-) -> list[tuple[str, float]]:
-    """Start `processes` spawned processes of `threads` callers each, released together."""
-    context = multiprocessing.get_context("spawn")
-    start = context.Barrier(processes)
-    results = context.Queue()
-    members = [
-        context.Process(
-            target=herd_member, args=(dsn, user_id, threads, start, results, store_options)
-        )
-        for _ in range(processes)
-    ]
-    for member in members:
-        member.start()
-    try:
-        outcomes = [results.get(timeout=90) for _ in range(processes * threads)]
-    finally:
-        for member in members:
-            member.join(timeout=30)
-            if member.is_alive():
-                member.kill()
-    errors = [detail for token, detail in outcomes if token == "error"]
-    assert not errors, errors
-    return [(token, float(seconds)) for token, seconds in outcomes]
+from helpers import run_herd
 
 
 def test_threads_of_one_process_share_one_refresh(
@@ -88,5 +59,6 @@ def test_herd_inside_the_refresh_window_does_not_wait_for_the_refresh(
     tokens = [token for token, _ in outcomes]
     # Only the caller that refreshed waited for the endpoint and got the new token; the
     # 15 others were answered with the still-valid one instead of queueing on the lock.
+    assert request.issued_access_token is not None
     assert tokens.count(request.issued_access_token) == 1
     assert tokens.count(row.access_token) == 15

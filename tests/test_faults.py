@@ -28,17 +28,10 @@ from gmail_token_store._record import FAILURE_KEY, fingerprint
 from gmail_token_store.testing import FakeTokenEndpoint, Reply
 
 from conftest import CLIENT_ID, CLIENT_SECRET, SeedRow, utcnow
+from helpers import wait_until
 from workers import refresh_forever
 
 FetchRow = Callable[[str], dict[str, Any]]
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.02)
 
 
 # --- a dead grant -------------------------------------------------------------------------
@@ -101,9 +94,14 @@ def test_a_new_refresh_token_clears_the_recorded_failure(
     if how == "save()":
         store.save(
             row.user_id,
-            Credentials(None, refresh_token="1//new-consent", token_uri=endpoint.token_uri,
-                        client_id=CLIENT_ID, client_secret=CLIENT_SECRET),
-        )  # fmt: skip
+            Credentials(
+                None,
+                refresh_token="1//new-consent",
+                token_uri=endpoint.token_uri,
+                client_id=CLIENT_ID,
+                client_secret=CLIENT_SECRET,
+            ),
+        )
     else:
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute(
@@ -245,9 +243,11 @@ def test_lock_held_elsewhere_with_an_expired_token_times_out_as_refresh_failed(
     events: list[TokenEvent] = []
     store = make_store(lock_timeout=0.5, on_event=events.append)
     row = seed(expires_in=-10)
-    with _hold_row_lock(dsn, row.user_id):
-        with pytest.raises(RefreshFailedError, match="row lock") as caught:
-            store.get_credentials(row.user_id)
+    with (
+        _hold_row_lock(dsn, row.user_id),
+        pytest.raises(RefreshFailedError, match="row lock") as caught,
+    ):
+        store.get_credentials(row.user_id)
     assert caught.value.retryable
     assert [event.kind for event in events] == ["lock_timeout"]
     assert endpoint.requests == []

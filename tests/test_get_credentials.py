@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -28,6 +26,7 @@ from gmail_token_store._record import FAILURE_KEY
 from gmail_token_store.testing import FakeTokenEndpoint
 
 from conftest import CLIENT_ID, CLIENT_SECRET, GMAIL_READONLY, GMAIL_SEND, SeedRow, utcnow
+from helpers import StatementCounter
 
 AUTH_SERVER_CHECK_KEYS = {
     "status",
@@ -236,6 +235,7 @@ def test_timestamptz_expiry_is_read_and_written_as_the_same_instant(
         store = make_store()
         fresh_credentials = store.get_credentials(fresh.user_id)
         assert fresh_credentials.token == fresh.access_token
+        assert fresh_credentials.expiry is not None
         assert abs((fresh_credentials.expiry - utcnow()).total_seconds() - 3600) < 60
         refreshed = store.get_credentials(due.user_id)
         stored = fetch_row(due.user_id)["expiry"]
@@ -294,7 +294,7 @@ def test_refresh_reports_valid_without_a_request_and_refreshed_with_one(
 def test_check_reports_auth_server_keys_and_more(store: TokenStore, seed: SeedRow) -> None:
     row = seed(expires_in=120)
     report = store.check(row.user_id).to_dict()
-    assert AUTH_SERVER_CHECK_KEYS <= set(report)
+    assert set(report) >= AUTH_SERVER_CHECK_KEYS
     assert report["status"] == "found"
     assert report["has_access_token"] and report["has_refresh_token"] and report["has_oauth_config"]
     assert report["is_expired"] is False and report["needs_refresh"] is True
@@ -404,39 +404,10 @@ def test_refresh_is_logged_at_info_with_user_email_and_expiry(
     assert str(credentials.expiry)[:16] in record.getMessage()
 
 
-class _StatementCounter:
-    """Counts what a connection sends, from libpq's protocol trace."""
-
-    def __init__(self) -> None:
-        self.file = tempfile.TemporaryFile("w+")  # noqa: SIM115 - closed by close()
-
-    def attach(self, conn: psycopg.Connection[Any]) -> None:
-        conn.pgconn.trace(self.file.fileno())
-        conn.pgconn.set_trace_flags(psycopg.pq.Trace.SUPPRESS_TIMESTAMPS)
-
-    def reset(self) -> None:
-        self.file.seek(0)
-        self.file.truncate()
-
-    def sent(self) -> list[str]:
-        self.file.flush()
-        os.fsync(self.file.fileno())
-        self.file.seek(0)
-        lines = [line.split("\t") for line in self.file.read().splitlines()]
-        return [
-            parts[2] + ":" + (parts[3] if len(parts) > 3 else "")
-            for parts in lines
-            if parts[0] == "F"
-        ]
-
-    def close(self) -> None:
-        self.file.close()
-
-
 def test_hot_path_is_one_select_in_autocommit_without_begin_or_set(
     dsn: str, make_store: Callable[..., TokenStore], seed: SeedRow
 ) -> None:
-    counter = _StatementCounter()
+    counter = StatementCounter()
     pool: ConnectionPool[Any] = ConnectionPool(
         dsn,
         min_size=1,
@@ -474,7 +445,7 @@ def test_module_level_get_credentials_uses_one_store_from_the_environment(
     created: list[TokenStore] = []
     original = TokenStore.from_env.__func__  # type: ignore[attr-defined]
 
-    def counting_from_env(cls: type[TokenStore], **overrides: Any) -> TokenStore:
+    def counting_from_env(cls: type[TokenStore], /, **overrides: Any) -> TokenStore:
         store: TokenStore = original(cls, **overrides)
         created.append(store)
         return store

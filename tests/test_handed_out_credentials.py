@@ -29,7 +29,7 @@ class FakeGmailApi:
         api = self
 
         class Handler(BaseHTTPRequestHandler):
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            def log_message(self, format: str, *args: Any) -> None:
                 pass
 
             def do_GET(self) -> None:
@@ -100,6 +100,7 @@ def test_expired_credentials_are_refreshed_by_the_session_before_the_call(
 ) -> None:
     row = seed(expires_in=3000)
     credentials = store.get_credentials(row.user_id)
+    assert credentials.expiry is not None
     credentials.expiry = credentials.expiry.replace(year=2000)  # as if held for hours
     with google.auth.transport.requests.AuthorizedSession(credentials) as session:
         response = session.get(gmail_api.url, timeout=10)

@@ -184,7 +184,7 @@ def test_google_loopback_and_allowed_token_hosts_are_accepted(
         {"prepare_threshold": "5"},
         {"on_event": "print"},
     ],
-    ids=lambda options: ",".join(options),
+    ids=",".join,
 )
 def test_bad_options_raise_value_error_naming_the_value(dsn: str, options: dict[str, Any]) -> None:
     with pytest.raises(ValueError, match=next(iter(options))):
@@ -236,7 +236,7 @@ def test_save_refuses_credentials_with_a_foreign_token_uri(store: TokenStore, ds
 def test_scopes_given_as_a_string_is_a_value_error(store: TokenStore, seed: SeedRow) -> None:
     row = seed()
     with pytest.raises(ValueError, match="list"):
-        store.get_credentials(row.user_id, scopes="https://www.googleapis.com/auth/gmail.send")  # type: ignore[arg-type]
+        store.get_credentials(row.user_id, scopes="https://www.googleapis.com/auth/gmail.send")
 
 
 def test_closed_store_refuses_calls(make_store: Callable[..., TokenStore], seed: SeedRow) -> None:

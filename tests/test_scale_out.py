@@ -17,8 +17,7 @@ from gmail_token_store.testing import (
 )
 
 from conftest import SeedRow
-from test_concurrency import run_herd
-from test_get_credentials import _StatementCounter
+from helpers import StatementCounter, run_herd
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +68,7 @@ def test_herd_of_4_processes_through_pgbouncer_makes_one_request(
 def test_refresh_path_sets_nothing_session_scoped(
     dsn: str, make_store: Callable[..., TokenStore], seed: SeedRow
 ) -> None:
-    counter = _StatementCounter()
+    counter = StatementCounter()
     pool: ConnectionPool[Any] = ConnectionPool(
         dsn,
         min_size=1,

@@ -29,7 +29,9 @@ def _client_config(path: Path) -> dict[str, Any]:
     try:
         raw = path.read_bytes()
     except OSError as exc:
-        raise ConfigurationError(f"cannot read client secrets file {path}: {exc.strerror}") from None
+        raise ConfigurationError(
+            f"cannot read client secrets file {path}: {exc.strerror}"
+        ) from None
     try:
         config = json.loads(raw)
     except ValueError:
@@ -87,7 +89,7 @@ def authorize(
             host="localhost",
             port=port,
             open_browser=open_browser,
-            authorization_prompt_message="Open this URL in a browser to authorize Gmail access:\n{url}",
+            authorization_prompt_message="Open this URL in a browser to authorize Gmail:\n{url}",
             success_message="Gmail access granted. You can close this window.",
             timeout_seconds=timeout,
             **extra,

@@ -178,8 +178,10 @@ def _table(statuses: Sequence[TokenStatus]) -> str:
         for status in statuses
     ]
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-             for row in [header, *rows]]  # fmt: skip
+    lines = [
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in [header, *rows]
+    ]
     return "\n".join(lines)
 
 
@@ -250,9 +252,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="PostgreSQL URL or DSN (default: $GMAIL_TOKEN_STORE_DSN, then $DATABASE_URL)",
     )
     parser.add_argument(
-        "--connect-timeout", type=_positive_float, default=5.0, metavar="SECONDS",
+        "--connect-timeout",
+        type=_positive_float,
+        default=5.0,
+        metavar="SECONDS",
         help="seconds to wait for a database connection (default: 5)",
-    )  # fmt: skip
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log what the library does")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -277,13 +282,23 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--client-secrets", type=Path, required=True, help="OAuth client secrets JSON")
     sub.add_argument("--user-id", type=_user_id, required=True, help="the user's UUID")
     sub.add_argument("--email", help="the Gmail address (login hint, stored in metadata)")
-    sub.add_argument("--scopes", nargs="+", default=[GMAIL_SEND], metavar="SCOPE",
-                     help=f"scopes to ask for (default: {GMAIL_SEND})")  # fmt: skip
+    sub.add_argument(
+        "--scopes",
+        nargs="+",
+        default=[GMAIL_SEND],
+        metavar="SCOPE",
+        help=f"scopes to ask for (default: {GMAIL_SEND})",
+    )
     sub.add_argument(
         "--no-browser", action="store_true", help="print the URL instead of opening it"
     )
-    sub.add_argument("--timeout", type=_positive_float, default=300.0, metavar="SECONDS",
-                     help="seconds to wait for the browser's redirect (default: 300)")  # fmt: skip
+    sub.add_argument(
+        "--timeout",
+        type=_positive_float,
+        default=300.0,
+        metavar="SECONDS",
+        help="seconds to wait for the browser's redirect (default: 300)",
+    )
     sub.add_argument(
         "--port", type=int, default=0, help="loopback port for the redirect (default: any)"
     )
@@ -297,16 +312,33 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub = command("list", _list, "list every grant with its state")
     sub.add_argument("--json", action="store_true", help="a JSON array instead of a table")
-    sub.add_argument("--needs-attention", action="store_true",
-                     help="only rows that need a person; exit 1 when there are any (the alert)")  # fmt: skip
+    sub.add_argument(
+        "--needs-attention",
+        action="store_true",
+        help="only rows that need a person; exit 1 when there are any (the alert)",
+    )
 
     sub = command("refresh-all", _refresh_all, "keepalive: refresh every due or idle grant")
-    sub.add_argument("--within", type=_positive_float, metavar="SECONDS",
-                     help="refresh tokens expiring within this many seconds (default: the refresh margin)")  # fmt: skip
-    sub.add_argument("--idle-days", type=_positive_float, default=30.0, metavar="N",
-                     help="also refresh grants not refreshed for N days (default: 30)")  # fmt: skip
-    sub.add_argument("--concurrency", type=_positive_int, default=4, metavar="N",
-                     help="refreshes in flight at once (default: 4)")  # fmt: skip
+    sub.add_argument(
+        "--within",
+        type=_positive_float,
+        metavar="SECONDS",
+        help="refresh tokens expiring within SECONDS (default: the refresh margin)",
+    )
+    sub.add_argument(
+        "--idle-days",
+        type=_positive_float,
+        default=30.0,
+        metavar="N",
+        help="also refresh grants not refreshed for N days (default: 30)",
+    )
+    sub.add_argument(
+        "--concurrency",
+        type=_positive_int,
+        default=4,
+        metavar="N",
+        help="refreshes in flight at once (default: 4)",
+    )
     return parser
 
 

@@ -33,7 +33,7 @@ class StoreCredentials(Credentials):
     _refresher: Refresher | None
     _store_user_id: str
 
-    def refresh(self, request: google.auth.transport.Request) -> None:
+    def refresh(self, request: google.auth.transport.Request) -> None:  # noqa: ARG002
         """Replace the token through the store (row lock, persist); `request` is not used."""
         refresher = getattr(self, "_refresher", None)
         if refresher is None:
@@ -49,12 +49,12 @@ class StoreCredentials(Credentials):
         self.expiry = record.expiry
 
     def _make_copy(self) -> StoreCredentials:
-        copy: StoreCredentials = super()._make_copy()
+        copy: StoreCredentials = super()._make_copy()  # type: ignore[no-untyped-call]
         bind(copy, self._store_user_id, getattr(self, "_refresher", None))
         return copy
 
     def __getstate__(self) -> dict[str, Any]:
-        state: dict[str, Any] = super().__getstate__()
+        state: dict[str, Any] = super().__getstate__()  # type: ignore[no-untyped-call]
         state.pop("_refresher", None)
         return state
 
@@ -73,7 +73,7 @@ def bind(credentials: StoreCredentials, user_id: str, refresher: Refresher | Non
 
 def credentials_for(record: TokenRecord, refresher: Refresher) -> StoreCredentials:
     """Build the Credentials handed out for a record (no refresh token, no client secret)."""
-    credentials = StoreCredentials(
+    credentials = StoreCredentials(  # type: ignore[no-untyped-call]
         record.access_token,
         token_uri=record.token_uri,
         client_id=record.client_id,

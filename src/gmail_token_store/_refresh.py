@@ -110,13 +110,13 @@ class _BudgetedRequest(google.auth.transport.Request):
     def remaining(self) -> float:
         return self._deadline - time.monotonic()
 
-    def __call__(  # type: ignore[override]
+    def __call__(
         self,
         url: str,
         method: str = "GET",
         body: Any = None,
         headers: Any = None,
-        timeout: float | None = None,
+        timeout: float | None = None,  # noqa: ARG002 - replaced by our own, see the class
         **kwargs: Any,
     ) -> google.auth.transport.Response:
         self.last_status = None
@@ -139,7 +139,8 @@ class _BudgetedRequest(google.auth.transport.Request):
             decoded = json.loads(response.data)
             if isinstance(decoded, dict):
                 self.last_json = decoded
-        return response
+        answer: google.auth.transport.Response = response
+        return answer
 
 
 class TokenEndpoint:

@@ -356,7 +356,8 @@ class TokenStore:
 
     def _result(self, seen: TokenRecord, record: TokenRecord) -> RefreshResult:
         credentials = self._remember(record)
-        assert record.access_token is not None and record.expiry is not None  # noqa: S101
+        assert record.access_token is not None  # noqa: S101 - a served record has one
+        assert record.expiry is not None  # noqa: S101
         return RefreshResult(
             status="refreshed" if record.access_token != seen.access_token else "valid",
             user_id=record.user_id,
@@ -696,7 +697,10 @@ class TokenStore:
                 if not needs_refresh(record):
                     return record  # refreshed by someone else while we waited
                 self._raise_if_unusable(record)
-                assert record.refresh_token and record.client_id and record.client_secret  # noqa: S101
+                # _raise_if_unusable guarantees these; the asserts narrow the types.
+                assert record.refresh_token  # noqa: S101
+                assert record.client_id  # noqa: S101
+                assert record.client_secret  # noqa: S101
                 progress.contacted_endpoint = True
                 try:
                     grant = self._endpoint.refresh(

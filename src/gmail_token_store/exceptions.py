@@ -7,8 +7,8 @@
     ├── ConfigurationError               operator: no or unusable DSN / settings
     ├── DatabaseUnavailableError         retry later: PostgreSQL unreachable (retryable)
     ├── TokenNotFoundError               the user never connected Gmail: ask them to
-    ├── InvalidTokenRecordError          operator: row unreadable, client missing, token_uri refused
-    ├── ReauthRequiredError              the user must consent again (invalid_grant, no refresh token)
+    ├── InvalidTokenRecordError          operator: unreadable row, no client, token_uri refused
+    ├── ReauthRequiredError              the user must consent again (invalid_grant, no refresh)
     ├── InsufficientScopesError          the user must consent again, with the missing scope
     ├── OAuthClientError                 operator: the OAuth client is misconfigured or deleted
     └── RefreshFailedError               retry later: endpoint down, timeout, 5xx, 429, lock wait
@@ -96,7 +96,7 @@ class InvalidTokenRecordError(_UserError):
 
 
 class ReauthRequiredError(_UserError):
-    """The grant is dead (revoked, expired refresh token, none stored): the user must consent again."""
+    """The grant is dead (revoked, expired, no refresh token): the user must consent again."""
 
     def __init__(self, user_id: str, email: str | None, reason: str) -> None:
         super().__init__(

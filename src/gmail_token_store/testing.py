@@ -6,6 +6,7 @@
 * `throwaway_postgresql()`: a private PostgreSQL server for one test session (needs the
   `testing` extra: ``pip install gmail-token-store[testing]``).
 * `throwaway_pgbouncer()`: a PgBouncer in front of it, transaction pooling by default.
+* `run_herd()`: many processes of many threads calling get_credentials at the same moment.
 
 PostgreSQL and PgBouncer refuse to run as root; when the tests run as root (CI, containers)
 both are started as the unprivileged ``postgres`` account through small `setpriv` wrappers.
@@ -18,8 +19,10 @@ import contextlib
 import enum
 import glob
 import json
+import multiprocessing
 import os
 import pwd
+import queue
 import secrets
 import shutil
 import signal
@@ -37,10 +40,12 @@ from urllib.parse import parse_qs, unquote_plus, urlencode, urlsplit
 
 __all__ = [
     "FakeTokenEndpoint",
+    "HerdCall",
     "PgBouncerServer",
     "PostgresServer",
     "Reply",
     "TokenRequest",
+    "run_herd",
     "throwaway_pgbouncer",
     "throwaway_postgresql",
 ]
@@ -214,6 +219,24 @@ class FakeTokenEndpoint:
             self._codes[code] = scopes
         return code
 
+    def _success_body(
+        self, access_token: str, grant_type: str, code_scopes: list[str] | None
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "access_token": access_token,
+            "expires_in": self.expires_in,
+            "token_type": "Bearer",
+        }
+        if grant_type == "authorization_code":
+            body["refresh_token"] = "1//fake-refresh-" + secrets.token_urlsafe(24)
+            body["scope"] = " ".join(code_scopes or [])
+            return body
+        if self.rotate_refresh_tokens:
+            body["refresh_token"] = "1//fake-refresh-" + secrets.token_urlsafe(24)
+        if self.granted_scopes is not None:
+            body["scope"] = " ".join(self.granted_scopes)
+        return body
+
     def _answer(self, form: dict[str, str]) -> tuple[int, str, bytes]:
         grant_type = form.get("grant_type", "")
         refresh_token = form.get("refresh_token")
@@ -221,6 +244,7 @@ class FakeTokenEndpoint:
         reply = self._choose(refresh_token)
         if self.latency:
             time.sleep(self.latency)
+        code_scopes: list[str] | None = None
         if reply is Reply.OK and grant_type == "authorization_code":
             with self._lock:
                 code_scopes = self._codes.pop(code or "", None)
@@ -231,19 +255,7 @@ class FakeTokenEndpoint:
         issued = None
         if reply is Reply.OK:
             issued = "ya29.fake-" + secrets.token_urlsafe(24)
-            body: dict[str, Any] = {
-                "access_token": issued,
-                "expires_in": self.expires_in,
-                "token_type": "Bearer",
-            }
-            if grant_type == "authorization_code":
-                body["refresh_token"] = "1//fake-refresh-" + secrets.token_urlsafe(24)
-                body["scope"] = " ".join(code_scopes or [])
-            else:
-                if self.rotate_refresh_tokens:
-                    body["refresh_token"] = "1//fake-refresh-" + secrets.token_urlsafe(24)
-                if self.granted_scopes is not None:
-                    body["scope"] = " ".join(self.granted_scopes)
+            body = self._success_body(issued, grant_type, code_scopes)
             answer = (200, "application/json", json.dumps(body).encode())
         elif reply is Reply.BAD_GATEWAY_HTML:
             page = b"<html><body><h1>502 Bad Gateway</h1></body></html>"
@@ -281,7 +293,7 @@ class _Server(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib's name
+    def log_message(self, format: str, *args: Any) -> None:
         """Silence the per-request stderr line."""
 
     def do_POST(self) -> None:
@@ -296,7 +308,8 @@ class _Handler(BaseHTTPRequestHandler):
             form = {key: values[0] for key, values in parse_qs(raw).items()}
         authorization = self.headers.get("Authorization") or ""
         if authorization.startswith("Basic "):  # RFC 6749 2.3.1: the client may authenticate so
-            client_id, _, client_secret = base64.b64decode(authorization[6:]).decode().partition(":")
+            decoded = base64.b64decode(authorization.removeprefix("Basic ")).decode()
+            client_id, _, client_secret = decoded.partition(":")
             form.setdefault("client_id", unquote_plus(client_id))
             form.setdefault("client_secret", unquote_plus(client_secret))
         status, content_type, body = self.server.endpoint._answer(form)
@@ -366,7 +379,7 @@ class _Account:
             os.chown(path, self.uid, self.gid)
 
     def command(self, binary: str, workdir: Path) -> str:
-        """Return an executable that runs `binary` as this account (the binary itself if not root)."""
+        """Return an executable running `binary` as this account (`binary` itself if not root)."""
         if not self.drop:
             return binary
         wrapper = workdir / f"as-postgres-{Path(binary).name}"
@@ -406,7 +419,7 @@ class PostgresServer:
 
     def __init__(self) -> None:
         try:
-            import testing.postgresql
+            import testing.postgresql  # type: ignore[import-untyped]  # noqa: PLC0415 - optional extra
         except ImportError:
             raise RuntimeError(
                 "throwaway_postgresql() needs testing.postgresql: "
@@ -523,3 +536,97 @@ def throwaway_pgbouncer(
         yield server
     finally:
         server.stop()
+
+
+# --- herds -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class HerdCall:
+    """One get_credentials call of a herd: the token it got (or the error), and how long."""
+
+    token: str | None = field(repr=False)
+    seconds: float
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _HerdOrder:
+    dsn: str = field(repr=False)
+    user_id: str
+    threads: int
+    store_options: dict[str, Any]
+
+
+def _herd_member(order: _HerdOrder, start: Any, results: Any) -> None:
+    """One process of a herd (runs in a spawned child): `threads` callers released together."""
+    from ._store import TokenStore  # noqa: PLC0415 - keep `testing` importable on its own
+
+    user_id = order.user_id
+    with TokenStore(order.dsn, **order.store_options) as store:
+        store.check(user_id)  # open a connection first, so the herd starts together
+        local_start = threading.Barrier(order.threads)
+
+        def call() -> None:
+            local_start.wait(timeout=60)
+            began = time.monotonic()
+            try:
+                token = store.get_credentials(user_id).token
+                results.put(HerdCall(token, time.monotonic() - began))
+            except Exception as exc:  # reported to the parent, which decides
+                error = f"{type(exc).__name__}: {exc}"
+                results.put(HerdCall(None, time.monotonic() - began, error))
+
+        callers = [threading.Thread(target=call) for _ in range(order.threads)]
+        start.wait(timeout=120)
+        for caller in callers:
+            caller.start()
+        for caller in callers:
+            caller.join(timeout=120)
+
+
+def run_herd(
+    dsn: str,
+    user_id: str,
+    *,
+    processes: int,
+    threads: int,
+    store_options: dict[str, Any] | None = None,
+    timeout: float = 120.0,
+) -> list[HerdCall]:
+    """Call get_credentials from `processes` x `threads` callers released at one moment.
+
+    Each process is started with "spawn" and builds its own TokenStore(dsn, **store_options),
+    like a separate replica of a service.
+    """
+    context = multiprocessing.get_context("spawn")
+    start = context.Barrier(processes)
+    results = context.Queue()
+    members = [
+        context.Process(
+            target=_herd_member,
+            args=(_HerdOrder(dsn, user_id, threads, store_options or {}), start, results),
+        )
+        for _ in range(processes)
+    ]
+    for member in members:
+        member.start()
+    calls: list[HerdCall] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while len(calls) < processes * threads and time.monotonic() < deadline:
+            try:
+                calls.append(results.get(timeout=0.5))
+            except queue.Empty:
+                if not any(member.is_alive() for member in members):
+                    break  # every process is gone: nothing more will come
+    finally:
+        for member in members:
+            member.join(timeout=30)
+            if member.is_alive():
+                member.kill()
+                member.join(timeout=10)
+    missing = processes * threads - len(calls)
+    exits = [member.exitcode for member in members]
+    lost = HerdCall(None, 0.0, f"no answer from this caller (process exit codes {exits})")
+    return calls + [lost] * missing
