@@ -17,7 +17,6 @@ from urllib.parse import urlsplit
 from google.oauth2.credentials import Credentials
 from google_auth_oauthlib.flow import InstalledAppFlow, WSGITimeoutError
 
-from ._refresh import token_uri_refusal
 from ._store import TokenStore
 from .exceptions import ConfigurationError, InsufficientScopesError
 
@@ -70,7 +69,7 @@ def authorize(
     config = _client_config(client_secrets)
     client = config.get("installed") or config["web"]
     token_uri = str(client.get("token_uri", ""))
-    refusal = token_uri_refusal(token_uri, store._allowed_hosts)
+    refusal = store._token_uri_refusal(token_uri)
     if refusal:
         raise ConfigurationError(f"client secrets file {client_secrets.name}: {refusal}")
     if urlsplit(token_uri).hostname in _LOOPBACK and token_uri.startswith("http:"):

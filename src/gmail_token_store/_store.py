@@ -80,6 +80,8 @@ _SET_TIMEOUTS = (
 )
 _RETURNING = f" RETURNING {COLUMNS}"
 _TIMESTAMPTZ_OID = 1184
+_IDLE = psycopg.pq.TransactionStatus.IDLE
+_HOT_CURSOR = "_gmail_token_store_cursor"
 
 #: A grant not refreshed for this long is close to Google's 6-month unused-token rule.
 IDLE_AFTER = timedelta(days=150)
@@ -178,6 +180,7 @@ class TokenStore:
         if isinstance(allowed_token_hosts, str):
             raise ValueError("allowed_token_hosts must be a collection of host names, not a str")
         self._allowed_hosts = frozenset(host.lower() for host in allowed_token_hosts)
+        self._token_uri_verdicts: dict[str, str | None] = {}
         if prepare_threshold is not None and (
             isinstance(prepare_threshold, bool) or not isinstance(prepare_threshold, int)
         ):
@@ -421,9 +424,7 @@ class TokenStore:
             raise ValueError("credentials hold neither an access token nor a refresh token")
         if metadata is not None and not isinstance(metadata, dict):
             raise ValueError("metadata must be a dict")
-        if credentials.token_uri and (
-            refusal := token_uri_refusal(credentials.token_uri, self._allowed_hosts)
-        ):
+        if credentials.token_uri and (refusal := self._token_uri_refusal(credentials.token_uri)):
             raise InvalidTokenRecordError(uid, email, refusal)
 
         def work(conn: Connection, _progress: _Progress) -> TokenRecord:
@@ -490,11 +491,22 @@ class TokenStore:
     def _parse(self, row: Sequence[Any]) -> TokenRecord:
         return parse_row(row, fallback_client=self._fallback_client)
 
+    def _token_uri_refusal(self, token_uri: str) -> str | None:
+        # Rows share a handful of token URIs: remember the verdicts (bounded).
+        verdicts = self._token_uri_verdicts
+        try:
+            return verdicts[token_uri]
+        except KeyError:
+            if len(verdicts) > 1000:
+                verdicts.clear()
+            verdict = verdicts[token_uri] = token_uri_refusal(token_uri, self._allowed_hosts)
+            return verdict
+
     def _read(self, uid: str) -> TokenRecord:
         """The hot path: one autocommit SELECT, no lock."""
 
         def work(conn: Connection, _progress: _Progress) -> tuple[Any, ...] | None:
-            return conn.execute(_SELECT_ROW, (uid,), prepare=self._prepare).fetchone()
+            return _hot_cursor(conn).execute(_SELECT_ROW, (uid,), prepare=self._prepare).fetchone()
 
         row = self._run(work)
         if row is None:
@@ -556,7 +568,7 @@ class TokenStore:
     def _unusable_because(self, record: TokenRecord) -> str | None:
         if record.problem:
             return record.problem
-        refusal = token_uri_refusal(record.token_uri, self._allowed_hosts)
+        refusal = self._token_uri_refusal(record.token_uri)
         if refusal:
             return refusal
         if record.refresh_token and not record.has_client:
@@ -837,11 +849,22 @@ class TokenStore:
         if self._closed:
             raise TokenStoreError("this TokenStore is closed")
         progress = _Progress()
+        pool = self._pool
         for attempt in range(2):
             conn: Connection | None = None
             try:
-                with self._pool.connection() as conn:
-                    return work(conn, progress)
+                # getconn/putconn rather than pool.connection(): its `with conn` block costs
+                # a commit check per call on the hot path. Transactions are explicit
+                # (conn.transaction()); a pool handed to us may not be autocommit, so an
+                # implicit transaction left by a read is ended here, not by a pool warning.
+                conn = pool.getconn()
+                try:
+                    result = work(conn, progress)
+                    if conn.info.transaction_status is not _IDLE:
+                        conn.commit()
+                    return result
+                finally:
+                    pool.putconn(conn)
             except PoolTimeout as exc:
                 raise DatabaseUnavailableError(
                     f"no database connection within {self._connect_timeout:g} s; "
@@ -869,6 +892,20 @@ class TokenStore:
         """A pooled connection for the CLI's table-wide operations."""
         with self._pool.connection() as conn:
             yield conn
+
+
+def _hot_cursor(conn: Connection) -> psycopg.Cursor[tuple[Any, ...]]:
+    """The connection's cursor for the hot path, made once per connection.
+
+    `conn.execute()` builds and discards a cursor per call, which costs about a fifth of
+    a loopback round trip. A pooled connection serves one thread at a time, so its cursor
+    does too; it is closed with the connection.
+    """
+    cursor: psycopg.Cursor[tuple[Any, ...]] | None = getattr(conn, _HOT_CURSOR, None)
+    if cursor is None or cursor.closed:
+        cursor = conn.cursor()
+        setattr(conn, _HOT_CURSOR, cursor)
+    return cursor
 
 
 def _covers(granted: frozenset[str] | None, wanted: Sequence[str]) -> bool:
