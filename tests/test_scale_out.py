@@ -84,7 +84,7 @@ def test_refresh_path_sets_nothing_session_scoped(
         store.get_credentials(row.user_id)
         sent = " ".join(counter.sent()).upper()
         assert "FOR NO KEY UPDATE" in sent
-        assert "SET_CONFIG('LOCK_TIMEOUT', $1, TRUE)" in sent  # transaction-local
+        assert "SET_CONFIG('LOCK_TIMEOUT', '5000MS', TRUE)" in sent  # transaction-local
         for session_scoped in (
             "SET SESSION",
             " SET LOCK",

@@ -18,7 +18,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TextIO
 
-from ._authorize import GMAIL_SEND, authorize
 from ._keepalive import KeepaliveReport, refresh_all
 from ._results import TokenStatus
 from ._schema import create_table
@@ -28,6 +27,7 @@ from ._user_id import parse_user_id
 from .exceptions import TokenStoreError, describe_user
 
 PROG = "gmail-token-store"
+GMAIL_SEND = "https://www.googleapis.com/auth/gmail.send"
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
 Handler = Callable[[argparse.Namespace], int]
@@ -115,6 +115,9 @@ def _import(args: argparse.Namespace) -> int:
 
 
 def _authorize(args: argparse.Namespace) -> int:
+    # Imported here: google-auth-oauthlib is only needed by this command.
+    from ._authorize import authorize  # noqa: PLC0415
+
     with _store(args) as store:
         try:
             authorize(

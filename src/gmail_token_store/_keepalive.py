@@ -15,6 +15,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from ._record import TokenRecord
 from ._results import TokenStatus
 from ._store import TokenStore
 from .exceptions import ReauthRequiredError, RefreshFailedError, TokenStoreError
@@ -59,26 +60,25 @@ def refresh_all(
 ) -> KeepaliveReport:
     """Refresh every due or idle row, `concurrency` at a time; report what happened."""
     report = KeepaliveReport()
-    statuses = store.check_all()
-    report.checked = len(statuses)
-    due: list[TokenStatus] = []
-    for status in statuses:
+    listing = store._listing()
+    report.checked = len(listing)
+    due: list[tuple[TokenRecord, TokenStatus]] = []
+    for record, status in listing:
         label = f"{status.user_id} ({status.email})" if status.email else status.user_id
         if status.state == "broken":
             report.failed.append((label, status.problem or "the row is unusable"))
         elif status.state == "reauth-required":
             report.need_reauth.append((label, status.problem or "a new consent is needed"))
         elif is_due(status, within=within, idle_days=idle_days):
-            due.append(status)
+            due.append((record, status))
     report.due = len(due)
     lock = threading.Lock()
 
-    def refresh_one(status: TokenStatus) -> None:
+    def refresh_one(listed: tuple[TokenRecord, TokenStatus]) -> None:
+        record, status = listed
         label = f"{status.user_id} ({status.email})" if status.email else status.user_id
         try:
-            result = store._refresh_unless_written_since(
-                status.user_id, last_refreshed=status.last_refreshed, expiry=status.expiry
-            )
+            result = store._refresh_unless_written_since(record)
         except ReauthRequiredError as exc:
             outcome = ("need_reauth", label, exc.reason)
         except RefreshFailedError as exc:

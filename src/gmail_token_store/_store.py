@@ -22,7 +22,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -30,6 +30,7 @@ import psycopg
 import psycopg.conninfo
 import psycopg.errors
 from google.oauth2.credentials import Credentials
+from psycopg import sql
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool, PoolTimeout
 
@@ -69,15 +70,7 @@ Connection = psycopg.Connection[tuple[Any, ...]]
 
 _SELECT_ROW = f"SELECT {COLUMNS} FROM gmail_token WHERE user_id = %s"
 _LOCK_ROW = _SELECT_ROW + " FOR NO KEY UPDATE"
-_TRY_LOCK_ROW = _LOCK_ROW + " SKIP LOCKED"
 _SELECT_WITH_CLOCK = f"SELECT {COLUMNS}, LOCALTIMESTAMP FROM gmail_token WHERE user_id = %s"
-# Both timeouts are transaction-local, so nothing leaks into the session: safe behind
-# PgBouncer in transaction mode. The idle-in-transaction timeout frees the row if this
-# host dies mid-refresh without closing its socket; it exceeds the refresh budget.
-_SET_TIMEOUTS = (
-    "SELECT set_config('lock_timeout', %s, true),"
-    " set_config('idle_in_transaction_session_timeout', %s, true)"
-)
 _RETURNING = f" RETURNING {COLUMNS}"
 _TIMESTAMPTZ_OID = 1184
 _IDLE = psycopg.pq.TransactionStatus.IDLE
@@ -202,9 +195,14 @@ class TokenStore:
         )
         # lock wait + the endpoint budget + slack for the database round trips
         self._flight_timeout = self.lock_timeout + self._endpoint.budget + 5.0
-        self._timeouts = (
-            f"{int(self.lock_timeout * 1000)}ms",
-            f"{int((self._endpoint.budget + 15.0) * 1000)}ms",
+        # Both timeouts are transaction-local (set_config(..., true)), so nothing leaks into
+        # the session: safe behind PgBouncer in transaction mode. The idle-in-transaction
+        # timeout frees the row if this host dies mid-refresh without closing its socket;
+        # it exceeds the refresh budget, so it never cuts a refresh of ours short.
+        self._set_timeouts = (
+            f"SELECT set_config('lock_timeout', '{int(self.lock_timeout * 1000)}ms', true),"
+            " set_config('idle_in_transaction_session_timeout',"
+            f" '{int((self._endpoint.budget + 15.0) * 1000)}ms', true)"
         )
         self._owns_pool = isinstance(conninfo, str)
         self._pool: ConnectionPool[Any] = (
@@ -330,21 +328,18 @@ class TokenStore:
 
         return self._refresh_unless(seen, still_the_token_seen)
 
-    def _refresh_unless_written_since(
-        self, user_id: str, *, last_refreshed: datetime | None, expiry: datetime | None
-    ) -> RefreshResult:
-        """Refresh unless any writer touched the row since a listing showed these values.
+    def _refresh_unless_written_since(self, listed: TokenRecord) -> RefreshResult:
+        """Refresh unless any writer touched the row since `listed` was read.
 
         The keepalive's compare-and-set: two runs, or a run and a service, never refresh
         the same row twice.
         """
+        version = (listed.updated_at, listed.expiry)
 
         def unchanged(record: TokenRecord) -> bool:
-            return (record.updated_at, record.expiry) == (last_refreshed, expiry) or self._is_due(
-                record
-            )
+            return (record.updated_at, record.expiry) == version or self._is_due(record)
 
-        return self._refresh_unless(self._read(user_id), unchanged)
+        return self._refresh_unless(listed, unchanged)
 
     def _refresh_unless(
         self, seen: TokenRecord, needs_refresh: Callable[[TokenRecord], bool]
@@ -385,7 +380,7 @@ class TokenStore:
         row = self._run(work)
         if row is None:
             return TokenStatus(status="not_found", user_id=uid, state="not-found")
-        return self._status_of(row[:-1], db_now=row[-1])
+        return self._status_of(self._parse(row[:-1]), db_now=row[-1])
 
     def check_all(self) -> list[TokenStatus]:
         """Report the health of every grant in the table, oldest row first.
@@ -394,11 +389,20 @@ class TokenStore:
             DatabaseUnavailableError.
         """
 
+        return [status for _record, status in self._listing()]
+
+    def _listing(self) -> list[tuple[TokenRecord, TokenStatus]]:
+        """Every row as a record and its status."""
+
         def work(conn: Connection, _progress: _Progress) -> list[tuple[Any, ...]]:
             query = f"SELECT {COLUMNS}, LOCALTIMESTAMP FROM gmail_token ORDER BY id"
             return conn.execute(query, prepare=self._prepare).fetchall()
 
-        return [self._status_of(row[:-1], db_now=row[-1]) for row in self._run(work)]
+        listing = []
+        for row in self._run(work):
+            record = self._parse(row[:-1])
+            listing.append((record, self._status_of(record, db_now=row[-1])))
+        return listing
 
     def save(
         self,
@@ -513,9 +517,8 @@ class TokenStore:
             raise TokenNotFoundError(uid)
         return self._parse(row)
 
-    def _status_of(self, row: Sequence[Any], *, db_now: datetime) -> TokenStatus:
-        """Classify one selected row (COLUMNS order); `db_now` is the server's LOCALTIMESTAMP."""
-        record = self._parse(row)
+    def _status_of(self, record: TokenRecord, *, db_now: datetime) -> TokenStatus:
+        """Classify one row; `db_now` is the server's LOCALTIMESTAMP when it was read."""
         left = record.seconds_left(time.time())
         problem = self._unusable_because(record)
         reauth = record.reauth_reason if problem is None else None
@@ -685,14 +688,13 @@ class TokenStore:
 
         def work(conn: Connection, progress: _Progress) -> TokenRecord:
             nonlocal revoked, refreshed
-            with conn.transaction():
-                conn.execute(_SET_TIMEOUTS, self._timeouts, prepare=self._prepare)
+            with _transaction(conn):
                 try:
                     cursor = conn.execute(
-                        _LOCK_ROW if blocking else _TRY_LOCK_ROW,
-                        (seen.user_id,),
-                        prepare=self._prepare,
+                        self._lock_statement(conn, seen.user_id, blocking), prepare=False
                     )
+                    while cursor.nextset():  # to the SELECT's result
+                        pass
                 except psycopg.errors.LockNotAvailable:
                     self._emit("lock_timeout", seen, started, error="lock_timeout")
                     raise RefreshFailedError(
@@ -767,6 +769,18 @@ class TokenStore:
             )
             self._emit("refreshed", record, started)
         return record
+
+    def _lock_statement(self, conn: Connection, user_id: str, blocking: bool) -> str:
+        """BEGIN, the transaction-local timeouts and the row lock, in one round trip.
+
+        Sent as one simple-protocol query, so nothing in it is a bound parameter: the user
+        id is a canonical UUID (parse_user_id) quoted by psycopg, the timeouts are ours.
+        A connection that is not in autocommit has already begun (psycopg does it).
+        """
+        lock = _LOCK_ROW if blocking else _LOCK_ROW + " SKIP LOCKED"
+        select = sql.SQL(lock.replace("%s", "{}")).format(sql.Literal(user_id))
+        begin = "BEGIN; " if conn.autocommit else ""
+        return f"{begin}{self._set_timeouts}; {select.as_string(conn)}"
 
     def _record_revocation(
         self, conn: Connection, record: TokenRecord, exc: EndpointError, started: float
@@ -892,6 +906,19 @@ class TokenStore:
         """A pooled connection for the CLI's table-wide operations."""
         with self._pool.connection() as conn:
             yield conn
+
+
+@contextmanager
+def _transaction(conn: Connection) -> Iterator[None]:
+    """Commit what the block did, or roll it back if it raised (BEGIN is the caller's)."""
+    try:
+        yield
+    except BaseException:
+        if not conn.closed:
+            with suppress(psycopg.Error):
+                conn.rollback()
+        raise
+    conn.commit()
 
 
 def _hot_cursor(conn: Connection) -> psycopg.Cursor[tuple[Any, ...]]:
