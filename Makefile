@@ -27,6 +27,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/hot_path.py
 	$(BIN)/python benchmarks/herd.py
 	$(BIN)/python benchmarks/refresh_all.py
+	$(BIN)/python benchmarks/cache_memory.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -400,6 +400,40 @@ def _refresh_tokens_of(cli: Cli, user_ids: set[str]) -> set[str]:
     return {token for (token,) in rows}
 
 
+def test_refresh_all_at_scale_refreshes_each_of_1000_rows_exactly_once(
+    dsn: str, cli: Cli, endpoint: FakeTokenEndpoint
+) -> None:
+    endpoint.latency = 0.05
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO gmail_token (user_id, token_data, oauth_config, expiry)"
+            " SELECT gen_random_uuid(),"
+            "  jsonb_build_object('access_token', 'ya29.scale-' || n,"
+            "   'refresh_token', '1//scale-' || n),"
+            "  %s, LOCALTIMESTAMP - interval '1 minute'"
+            " FROM generate_series(1, 1000) AS n",
+            (
+                Jsonb(
+                    {
+                        "client_id": CLIENT_ID,
+                        "client_secret": CLIENT_SECRET,
+                        "token_uri": endpoint.token_uri,
+                    }
+                ),
+            ),
+        )
+    result = cli("refresh-all", "--concurrency", "16")
+    assert result.returncode == 0, result.stderr
+    used = [r.refresh_token for r in endpoint.refresh_requests()]
+    assert len(used) == 1000 and len(set(used)) == 1000  # every row once, none twice
+    assert "refreshed:             1000" in result.stdout
+    with psycopg.connect(dsn) as conn:
+        stale = conn.execute(
+            "SELECT count(*) FROM gmail_token WHERE expiry < LOCALTIMESTAMP"
+        ).fetchone()
+    assert stale == (0,)
+
+
 def test_refresh_all_keeps_idle_grants_alive_and_reports_dead_ones(
     cli: Cli, seed: SeedRow, endpoint: FakeTokenEndpoint
 ) -> None:
