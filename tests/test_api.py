@@ -1,0 +1,44 @@
+"""The public surface: what __all__ exports is what the README documents."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import re
+from pathlib import Path
+
+import gmail_token_store
+from gmail_token_store import testing
+
+README = (Path(__file__).parent.parent / "README.md").read_text()
+
+
+def documented_names() -> set[str]:
+    return set(re.findall(r"`([A-Za-z_][A-Za-z_0-9]*)", README))
+
+
+def test_all_is_sorted_and_importable() -> None:
+    assert gmail_token_store.__all__ == sorted(gmail_token_store.__all__)
+    for name in gmail_token_store.__all__:
+        assert hasattr(gmail_token_store, name), name
+
+
+def test_every_public_name_is_documented_in_the_readme() -> None:
+    names = documented_names()
+    missing = [name for name in [*gmail_token_store.__all__, *testing.__all__] if name not in names]
+    assert missing == []
+
+
+def test_the_readme_api_table_names_only_real_things() -> None:
+    api = README.split("## API", 1)[1].split("`TokenStore` options", 1)[0]
+    rows = re.findall(r"^\| `([A-Za-z_][A-Za-z_0-9]*)", api, flags=re.MULTILINE)
+    assert len(rows) > 5
+    for name in rows:
+        assert name in gmail_token_store.__all__ or name == "store", name
+
+
+def test_version_comes_from_the_installed_metadata() -> None:
+    assert gmail_token_store.__version__ == importlib.metadata.version("gmail-token-store")
+
+
+def test_the_package_ships_its_type_information() -> None:
+    assert (Path(gmail_token_store.__file__).parent / "py.typed").exists()
