@@ -6,6 +6,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable
 from datetime import timedelta
@@ -326,3 +327,55 @@ def test_expiry_after_failed_refresh_is_not_extended(
     stored = fetch_row(row.user_id)
     assert stored["token_data"]["access_token"] == row.access_token
     assert stored["expiry"] < utcnow() + timedelta(seconds=31)
+
+
+def _kill_the_refreshers_connection(dsn: str) -> None:
+    """Terminate the backend that holds a row lock while its token request is in flight."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        wait_until(
+            lambda: (
+                conn.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE state = 'idle in transaction' AND query LIKE %s",
+                    ("%FOR NO KEY UPDATE%",),
+                ).fetchall()
+                != []
+            )
+        )
+
+
+@pytest.mark.parametrize(
+    "other_writer", [False, True], ids=["row untouched", "row written meanwhile"]
+)
+def test_grant_survives_losing_the_connection_during_the_token_request(
+    dsn: str,
+    store: TokenStore,
+    seed: SeedRow,
+    endpoint: FakeTokenEndpoint,
+    fetch_row: FetchRow,
+    other_writer: bool,
+) -> None:
+    endpoint.latency = 1.0  # the window in which the database connection dies
+    endpoint.rotate_refresh_tokens = True  # the case where losing the answer would hurt
+    row = seed(expires_in=-10)
+    outcome: list[Any] = []
+    caller = threading.Thread(target=lambda: outcome.append(store.get_credentials(row.user_id)))
+    caller.start()
+    _kill_the_refreshers_connection(dsn)
+    if other_writer:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(
+                "UPDATE gmail_token SET updated_at = CURRENT_TIMESTAMP WHERE user_id = %s",
+                (row.user_id,),
+            )
+    caller.join(timeout=30)
+
+    [request] = endpoint.refresh_requests()
+    [credentials] = outcome
+    assert credentials.token == request.issued_access_token  # the caller got the new token
+    stored = fetch_row(row.user_id)["token_data"]
+    if other_writer:  # compare-and-set: the other writer's row is not overwritten
+        assert stored["access_token"] == row.access_token
+    else:  # saved on a fresh connection, rotated refresh token included
+        assert stored["access_token"] == request.issued_access_token
+        assert stored["refresh_token"] not in (row.refresh_token, None)

@@ -40,6 +40,7 @@ from ._flight import FlightTimeoutError, SingleFlight
 from ._record import (
     COLUMNS,
     TokenRecord,
+    epoch,
     grant_columns,
     metadata_with_failure,
     metadata_without_failure,
@@ -47,7 +48,7 @@ from ._record import (
     refreshed_token_data,
     utc_naive,
 )
-from ._refresh import EndpointError, TokenEndpoint, token_uri_refusal
+from ._refresh import EndpointError, Grant, TokenEndpoint, token_uri_refusal
 from ._results import EventHook, RefreshResult, TokenEvent, TokenState, TokenStatus
 from ._user_id import parse_user_id
 from .exceptions import (
@@ -388,7 +389,6 @@ class TokenStore:
         Raises:
             DatabaseUnavailableError.
         """
-
         return [status for _record, status in self._listing()]
 
     def _listing(self) -> list[tuple[TokenRecord, TokenStatus]]:
@@ -618,7 +618,9 @@ class TokenStore:
                 candidate.access_token != rejected_token and candidate.seconds_left(time.time()) > 0
             )
 
-        return self._refresh_shared(seen, replace_rejected, blocking=True, stale_ok=usable)
+        record = self._refresh_shared(seen, replace_rejected, blocking=True, stale_ok=usable)
+        self._remember(record)
+        return record
 
     def _refresh_shared(
         self,
@@ -649,7 +651,6 @@ class TokenStore:
                 if record is None:  # someone in this process is refreshing; ours is still valid
                     return seen
                 if led or not needs_refresh(record) or not blocking:
-                    self._remember(record)
                     return record
             raise RefreshFailedError(uid, seen.email, "the row kept changing while we waited")
         except FlightTimeoutError:
@@ -685,9 +686,10 @@ class TokenStore:
         started = time.monotonic()
         revoked: ReauthRequiredError | None = None
         refreshed = False
+        unsaved: tuple[TokenRecord, Grant, bool] | None = None  # a grant not yet written back
 
         def work(conn: Connection, progress: _Progress) -> TokenRecord:
-            nonlocal revoked, refreshed
+            nonlocal revoked, refreshed, unsaved
             with _transaction(conn):
                 try:
                     cursor = conn.execute(
@@ -731,34 +733,19 @@ class TokenStore:
                 expiry_type_has_tz = cursor.description is not None and (
                     cursor.description[7].type_code == _TIMESTAMPTZ_OID
                 )
-                expiry: datetime = (
-                    grant.expiry.replace(tzinfo=UTC) if expiry_type_has_tz else grant.expiry
-                )
-                cleaned_metadata = metadata_without_failure(record)
-                updated = conn.execute(
-                    "UPDATE gmail_token SET token_data = %s, expiry = %s,"
-                    " scopes = COALESCE(%s, scopes),"
-                    " metadata = CASE WHEN %s THEN %s ELSE metadata END,"
-                    " updated_at = CURRENT_TIMESTAMP WHERE id = %s" + _RETURNING,
-                    (
-                        Jsonb(
-                            refreshed_token_data(
-                                record, grant.access_token, grant.rotated_refresh_token
-                            )
-                        ),
-                        expiry,
-                        Jsonb(list(grant.scopes)) if grant.scopes is not None else None,
-                        cleaned_metadata is not None,
-                        Jsonb(cleaned_metadata) if cleaned_metadata is not None else None,
-                        record.row_id,
-                    ),
-                    prepare=self._prepare,
-                ).fetchone()
+                unsaved = (record, grant, expiry_type_has_tz)
+                updated = self._write_grant(conn, record, grant, expiry_type_has_tz)
                 assert updated is not None  # noqa: S101 - the row is locked by us
-                refreshed = True
-                return self._parse(updated)
+                refreshed, unsaved = True, None
+                return updated
 
-        record = self._run(work)
+        try:
+            record = self._run(work)
+        except DatabaseUnavailableError:
+            if unsaved is None:
+                raise
+            record = self._save_late(*unsaved)  # the grant must not be lost
+            refreshed = True
         if revoked is not None:
             raise revoked  # after the commit: the failure is recorded for everyone
         if refreshed:
@@ -769,6 +756,87 @@ class TokenStore:
             )
             self._emit("refreshed", record, started)
         return record
+
+    def _write_grant(
+        self,
+        conn: Connection,
+        record: TokenRecord,
+        grant: Grant,
+        expiry_type_has_tz: bool,
+        *,
+        only_if_unchanged: bool = False,
+    ) -> TokenRecord | None:
+        """Write a grant into `record`'s row; return the row as written.
+
+        `only_if_unchanged` makes it a compare-and-set for use without the row lock: the
+        write happens only if nobody wrote the row since `record` was read.
+        """
+        cleaned_metadata = metadata_without_failure(record)
+        expiry: datetime = grant.expiry.replace(tzinfo=UTC) if expiry_type_has_tz else grant.expiry
+        guard = (
+            " AND updated_at IS NOT DISTINCT FROM %s AND token_data = %s"
+            if only_if_unchanged
+            else ""
+        )
+        params: list[Any] = [
+            Jsonb(refreshed_token_data(record, grant.access_token, grant.rotated_refresh_token)),
+            expiry,
+            Jsonb(list(grant.scopes)) if grant.scopes is not None else None,
+            cleaned_metadata is not None,
+            Jsonb(cleaned_metadata) if cleaned_metadata is not None else None,
+            record.row_id,
+        ]
+        if only_if_unchanged:
+            params += [record.updated_at, Jsonb(record.token_data)]
+        row = conn.execute(
+            "UPDATE gmail_token SET token_data = %s, expiry = %s,"
+            " scopes = COALESCE(%s, scopes),"
+            " metadata = CASE WHEN %s THEN %s ELSE metadata END,"
+            " updated_at = CURRENT_TIMESTAMP WHERE id = %s" + guard + _RETURNING,
+            params,
+            prepare=self._prepare,
+        ).fetchone()
+        return self._parse(row) if row is not None else None
+
+    def _save_late(
+        self, record: TokenRecord, grant: Grant, expiry_type_has_tz: bool
+    ) -> TokenRecord:
+        """Save a grant whose write-back failed with the connection; hand it out regardless.
+
+        The lock died with that connection, so this is a compare-and-set on a fresh one: it
+        writes only if nobody wrote the row since we read it under the lock. Either way the
+        caller gets the new token, which is valid; what must not be lost is a rotated
+        refresh token, and that is only lost if the database stays unreachable.
+        """
+        in_memory = dataclasses.replace(
+            record,
+            access_token=grant.access_token,
+            refresh_token=grant.rotated_refresh_token or record.refresh_token,
+            expiry=grant.expiry,
+            expiry_epoch=epoch(grant.expiry),
+        )
+
+        def work(conn: Connection, _progress: _Progress) -> TokenRecord | None:
+            with conn.transaction():
+                return self._write_grant(
+                    conn, record, grant, expiry_type_has_tz, only_if_unchanged=True
+                )
+
+        try:
+            saved = self._run(work)
+        except DatabaseUnavailableError:
+            saved = None
+            outcome = "the database is unreachable"
+        else:
+            outcome = "another writer changed the row meanwhile"
+        if saved is not None:
+            return saved
+        logger.warning(
+            "refreshed the Gmail token of %s but could not save it (%s); serving it unsaved",
+            describe_user(record.user_id, record.email),
+            outcome,
+        )
+        return in_memory
 
     def _lock_statement(self, conn: Connection, user_id: str, blocking: bool) -> str:
         """BEGIN, the transaction-local timeouts and the row lock, in one round trip.
