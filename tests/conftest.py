@@ -13,10 +13,13 @@ from typing import Any
 import psycopg
 import pytest
 from psycopg.types.json import Jsonb
+from psycopg_pool import ConnectionPool
 
 from gmail_token_store import TokenStore
 from gmail_token_store._schema import GMAIL_TOKEN_DDL
 from gmail_token_store.testing import FakeTokenEndpoint, PostgresServer, throwaway_postgresql
+
+from helpers import StatementCounter
 
 GMAIL_SEND = "https://www.googleapis.com/auth/gmail.send"
 GMAIL_READONLY = "https://www.googleapis.com/auth/gmail.readonly"
@@ -71,6 +74,27 @@ def make_store(dsn: str) -> Iterator[Callable[..., TokenStore]]:
 @pytest.fixture
 def store(make_store: Callable[..., TokenStore]) -> TokenStore:
     return make_store()
+
+
+@pytest.fixture
+def traced_store(
+    dsn: str, make_store: Callable[..., TokenStore]
+) -> Iterator[tuple[TokenStore, StatementCounter]]:
+    """A store on a one-connection pool of ours whose protocol messages are recorded."""
+    counter = StatementCounter()
+    pool: ConnectionPool[Any] = ConnectionPool(
+        dsn,
+        min_size=1,
+        max_size=1,
+        kwargs={"autocommit": True},
+        configure=counter.attach,
+        open=True,
+    )
+    try:
+        yield make_store(conninfo=pool), counter
+    finally:
+        pool.close()
+        counter.close()
 
 
 @dataclass

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import os
 import tempfile
+import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 
 from gmail_token_store import testing
+
+T = TypeVar("T")
 
 
 def wait_until(condition: Callable[[], bool], timeout: float = 20.0) -> None:
@@ -20,6 +23,23 @@ def wait_until(condition: Callable[[], bool], timeout: float = 20.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not reached in time")
         time.sleep(0.02)
+
+
+def call_together(callers: int, call: Callable[[], T]) -> list[T]:
+    """Run `call` from `callers` threads released at the same moment; return the results."""
+    barrier = threading.Barrier(callers)
+    results: list[T] = []
+
+    def caller() -> None:
+        barrier.wait(timeout=10)
+        results.append(call())
+
+    threads = [threading.Thread(target=caller) for _ in range(callers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    return results
 
 
 def run_herd(

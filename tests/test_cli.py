@@ -479,26 +479,36 @@ def test_two_refresh_all_runs_at_once_refresh_each_row_once(
 # --- authorize -----------------------------------------------------------------------------
 
 
+def authorize(client_secrets: Path, user_id: str, *options: str) -> list[str]:
+    """The arguments of `authorize --no-browser` for one user."""
+    return [
+        "authorize",
+        "--client-secrets",
+        str(client_secrets),
+        "--user-id",
+        user_id,
+        "--no-browser",
+        *options,
+    ]
+
+
+@pytest.fixture
+def client_secrets(endpoint: FakeTokenEndpoint, tmp_path: Path) -> Path:
+    """A Google client secrets file for an installed app, pointing at the fake endpoint."""
+    path = tmp_path / "client_secret.json"
+    path.write_text(json.dumps(endpoint.client_config(CLIENT_ID, CLIENT_SECRET)))
+    return path
+
+
 def test_authorize_runs_the_consent_flow_with_the_test_as_the_browser(
-    dsn: str, cli: Cli, endpoint: FakeTokenEndpoint, tmp_path: Path
+    dsn: str, cli: Cli, endpoint: FakeTokenEndpoint, client_secrets: Path
 ) -> None:
-    secrets_file = tmp_path / "client_secret.json"
-    secrets_file.write_text(json.dumps(endpoint.client_config(CLIENT_ID, CLIENT_SECRET)))
     user_id = str(uuid.uuid4())
     assert SCRIPT is not None
     process = subprocess.Popen(
         [
             SCRIPT,
-            "authorize",
-            "--client-secrets",
-            str(secrets_file),
-            "--user-id",
-            user_id,
-            "--email",
-            "passport@gmail.com",
-            "--no-browser",
-            "--timeout",
-            "60",
+            *authorize(client_secrets, user_id, "--email", "passport@gmail.com", "--timeout", "60"),
         ],
         env=cli.env(),
         stdout=subprocess.PIPE,
@@ -545,39 +555,18 @@ def test_authorize_runs_the_consent_flow_with_the_test_as_the_browser(
     assert oauth_config["token_uri"] == endpoint.token_uri
 
 
-def test_authorize_without_a_redirect_times_out_in_one_line(
-    cli: Cli, endpoint: FakeTokenEndpoint, tmp_path: Path
-) -> None:
-    secrets_file = tmp_path / "client_secret.json"
-    secrets_file.write_text(json.dumps(endpoint.client_config(CLIENT_ID, CLIENT_SECRET)))
-    result = cli(
-        "authorize",
-        "--client-secrets",
-        str(secrets_file),
-        "--user-id",
-        str(uuid.uuid4()),
-        "--no-browser",
-        "--timeout",
-        "1",
-    )
+def test_authorize_without_a_redirect_times_out_in_one_line(cli: Cli, client_secrets: Path) -> None:
+    result = cli(*authorize(client_secrets, str(uuid.uuid4()), "--timeout", "1"))
     assert result.returncode == 1
     assert "no authorization arrived within 1 s" in one_line(result.stderr)
 
 
 def test_authorize_refuses_a_foreign_token_uri(
-    cli: Cli, endpoint: FakeTokenEndpoint, tmp_path: Path
+    cli: Cli, endpoint: FakeTokenEndpoint, client_secrets: Path
 ) -> None:
-    config = endpoint.client_config(CLIENT_ID, CLIENT_SECRET)
+    config = json.loads(client_secrets.read_text())
     config["installed"]["token_uri"] = "https://evil.example.com/token"
-    secrets_file = tmp_path / "client_secret.json"
-    secrets_file.write_text(json.dumps(config))
-    result = cli(
-        "authorize",
-        "--client-secrets",
-        str(secrets_file),
-        "--user-id",
-        str(uuid.uuid4()),
-        "--no-browser",
-    )
+    client_secrets.write_text(json.dumps(config))
+    result = cli(*authorize(client_secrets, str(uuid.uuid4())))
     assert result.returncode == 1 and "token_uri" in one_line(result.stderr)
     assert endpoint.requests == []

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 
 from gmail_token_store import TokenStore
 from gmail_token_store.testing import FakeTokenEndpoint
 
 from conftest import SeedRow
-from helpers import run_herd
+from helpers import call_together, run_herd
 
 
 def test_threads_of_one_process_share_one_refresh(
@@ -18,18 +17,7 @@ def test_threads_of_one_process_share_one_refresh(
     endpoint.latency = 0.3
     store = make_store()
     row = seed(expires_in=-5)
-    barrier = threading.Barrier(12)
-    tokens: list[str | None] = []
-
-    def call() -> None:
-        barrier.wait(timeout=10)
-        tokens.append(store.get_credentials(row.user_id).token)
-
-    threads = [threading.Thread(target=call) for _ in range(12)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=30)
+    tokens = call_together(12, lambda: store.get_credentials(row.user_id).token)
 
     [request] = endpoint.refresh_requests()
     assert tokens == [request.issued_access_token] * 12

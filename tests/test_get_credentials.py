@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -13,7 +12,6 @@ import psycopg
 import pytest
 from google.oauth2.credentials import Credentials
 from psycopg.types.json import Jsonb
-from psycopg_pool import ConnectionPool
 
 import gmail_token_store
 from gmail_token_store import (
@@ -26,7 +24,7 @@ from gmail_token_store._record import FAILURE_KEY
 from gmail_token_store.testing import FakeTokenEndpoint
 
 from conftest import CLIENT_ID, CLIENT_SECRET, GMAIL_READONLY, GMAIL_SEND, SeedRow, utcnow
-from helpers import StatementCounter
+from helpers import StatementCounter, call_together
 
 AUTH_SERVER_CHECK_KEYS = {
     "status",
@@ -405,34 +403,21 @@ def test_refresh_is_logged_at_info_with_user_email_and_expiry(
 
 
 def test_hot_path_is_one_select_in_autocommit_without_begin_or_set(
-    dsn: str, make_store: Callable[..., TokenStore], seed: SeedRow
+    traced_store: tuple[TokenStore, StatementCounter], seed: SeedRow
 ) -> None:
-    counter = StatementCounter()
-    pool: ConnectionPool[Any] = ConnectionPool(
-        dsn,
-        min_size=1,
-        max_size=1,
-        kwargs={"autocommit": True},
-        configure=counter.attach,
-        open=True,
+    store, counter = traced_store
+    row = seed(expires_in=3000)
+    store.get_credentials(row.user_id)  # let the pool settle
+    counter.reset()
+    store.get_credentials(row.user_id)
+    sent = counter.sent()
+    syncs = [message for message in sent if message.startswith("Sync")]
+    queries = [message for message in sent if message.startswith("Query")]
+    assert len(syncs) == 1, sent  # one extended-protocol round trip
+    assert queries == [], sent  # no BEGIN / SET / COMMIT
+    assert any(
+        "FOR NO KEY UPDATE" not in m and "SELECT" in m for m in sent if m.startswith("Parse")
     )
-    try:
-        row = seed(expires_in=3000)
-        store = make_store(conninfo=pool)
-        store.get_credentials(row.user_id)  # let the pool settle
-        counter.reset()
-        store.get_credentials(row.user_id)
-        sent = counter.sent()
-        syncs = [message for message in sent if message.startswith("Sync")]
-        queries = [message for message in sent if message.startswith("Query")]
-        assert len(syncs) == 1, sent  # one extended-protocol round trip
-        assert queries == [], sent  # no BEGIN / SET / COMMIT
-        assert any(
-            "FOR NO KEY UPDATE" not in m and "SELECT" in m for m in sent if m.startswith("Parse")
-        )
-    finally:
-        pool.close()
-        counter.close()
 
 
 def test_module_level_get_credentials_uses_one_store_from_the_environment(
@@ -451,18 +436,7 @@ def test_module_level_get_credentials_uses_one_store_from_the_environment(
         return store
 
     monkeypatch.setattr(TokenStore, "from_env", classmethod(counting_from_env))
-    barrier = threading.Barrier(8)
-    tokens: list[str | None] = []
-
-    def call() -> None:
-        barrier.wait(timeout=10)
-        tokens.append(gmail_token_store.get_credentials(row.user_id).token)
-
-    threads = [threading.Thread(target=call) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=20)
+    tokens = call_together(8, lambda: gmail_token_store.get_credentials(row.user_id).token)
     try:
         assert tokens == [row.access_token] * 8
         assert len(created) == 1

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import pytest
-from psycopg_pool import ConnectionPool
 
 from gmail_token_store import TokenStore
 from gmail_token_store.testing import (
@@ -66,36 +64,17 @@ def test_herd_of_4_processes_through_pgbouncer_makes_one_request(
 
 
 def test_refresh_path_sets_nothing_session_scoped(
-    dsn: str, make_store: Callable[..., TokenStore], seed: SeedRow
+    traced_store: tuple[TokenStore, StatementCounter], seed: SeedRow
 ) -> None:
-    counter = StatementCounter()
-    pool: ConnectionPool[Any] = ConnectionPool(
-        dsn,
-        min_size=1,
-        max_size=1,
-        kwargs={"autocommit": True},
-        configure=counter.attach,
-        open=True,
-    )
-    try:
-        store = make_store(conninfo=pool)
-        row = seed(expires_in=0)
-        counter.reset()
-        store.get_credentials(row.user_id)
-        sent = " ".join(counter.sent()).upper()
-        assert "FOR NO KEY UPDATE" in sent
-        assert "SET_CONFIG('LOCK_TIMEOUT', '5000MS', TRUE)" in sent  # transaction-local
-        for session_scoped in (
-            "SET SESSION",
-            " SET LOCK",
-            "LISTEN",
-            "PG_ADVISORY_LOCK",
-            "PREPARE ",
-        ):
-            assert session_scoped not in sent
-    finally:
-        pool.close()
-        counter.close()
+    store, counter = traced_store
+    row = seed(expires_in=0)
+    counter.reset()
+    store.get_credentials(row.user_id)
+    sent = " ".join(counter.sent()).upper()
+    assert "FOR NO KEY UPDATE" in sent
+    assert "SET_CONFIG('LOCK_TIMEOUT', '5000MS', TRUE)" in sent  # transaction-local
+    for session_scoped in ("SET SESSION", " SET LOCK", "LISTEN", "PG_ADVISORY_LOCK", "PREPARE "):
+        assert session_scoped not in sent
 
 
 def test_next_call_after_a_postgresql_restart_succeeds(

@@ -78,6 +78,12 @@ def _positive_int(value: str) -> int:
     return number
 
 
+def _say_stored(what: str, status: TokenStatus) -> None:
+    scopes = " ".join(status.scopes or ()) or "(none)"
+    who = describe_user(status.user_id, status.email)
+    _say(f"{what} {who}: state {status.state}, scopes {scopes}")
+
+
 # --- commands ------------------------------------------------------------------------------
 
 
@@ -106,11 +112,7 @@ def _import(args: argparse.Namespace) -> int:
             robeing_id=args.robeing_id,
             metadata={"source_file": path.name},
         )
-        status = store.check(args.user_id)
-    _say(
-        f"imported {path.name} for {describe_user(args.user_id, status.email)}: "
-        f"state {status.state}, scopes {' '.join(status.scopes or ()) or '(none)'}"
-    )
+        _say_stored(f"imported {path.name} for", store.check(args.user_id))
     return EXIT_OK
 
 
@@ -132,11 +134,7 @@ def _authorize(args: argparse.Namespace) -> int:
             )
         except TimeoutError as exc:
             raise _Failure(f"{exc}; nothing was stored") from None
-        status = store.check(args.user_id)
-    _say(
-        f"authorized {describe_user(args.user_id, status.email)}: state {status.state}, "
-        f"scopes {' '.join(status.scopes or ())}"
-    )
+        _say_stored("authorized", store.check(args.user_id))
     return EXIT_OK
 
 

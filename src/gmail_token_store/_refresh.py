@@ -17,7 +17,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
@@ -237,7 +237,7 @@ class TokenEndpoint:
 
 
 def _now_naive() -> datetime:
-    return utc_naive(datetime.now().astimezone())
+    return datetime.now(UTC).replace(tzinfo=None)
 
 
 def _transport_reason(exc: google.auth.exceptions.TransportError) -> str:
