@@ -16,14 +16,13 @@ from typing import Any
 from googleapiclient.discovery import build
 
 from gmail_token_store import (
+    GMAIL_SEND,
     InsufficientScopesError,
     ReauthRequiredError,
     TokenNotFoundError,
     TokenStoreError,
     get_credentials,
 )
-
-GMAIL_SEND = "https://www.googleapis.com/auth/gmail.send"
 
 
 def send_mail(user_id: str, to: str, subject: str, body: str) -> dict[str, Any]:

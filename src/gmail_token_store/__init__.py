@@ -12,6 +12,7 @@ from importlib.metadata import version as _version
 
 from google.oauth2.credentials import Credentials
 
+from ._record import GMAIL_SEND
 from ._results import RefreshResult, TokenEvent, TokenStatus
 from ._store import TokenStore
 from .exceptions import (
@@ -30,6 +31,7 @@ from .exceptions import (
 __version__ = _version("gmail-token-store")
 
 __all__ = [
+    "GMAIL_SEND",
     "ConfigurationError",
     "DatabaseUnavailableError",
     "InsufficientScopesError",

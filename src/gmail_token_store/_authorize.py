@@ -17,10 +17,10 @@ from urllib.parse import urlsplit
 from google.oauth2.credentials import Credentials
 from google_auth_oauthlib.flow import InstalledAppFlow, WSGITimeoutError
 
+from ._record import GMAIL_SEND
 from ._store import TokenStore
 from .exceptions import ConfigurationError, InsufficientScopesError
 
-GMAIL_SEND = "https://www.googleapis.com/auth/gmail.send"
 _LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ._keepalive import KeepaliveReport, refresh_all
+from ._record import GMAIL_SEND
 from ._results import TokenStatus
 from ._schema import create_table
 from ._store import TokenStore
@@ -27,7 +28,6 @@ from ._user_id import parse_user_id
 from .exceptions import TokenStoreError, describe_user
 
 PROG = "gmail-token-store"
-GMAIL_SEND = "https://www.googleapis.com/auth/gmail.send"
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
 Handler = Callable[[argparse.Namespace], int]

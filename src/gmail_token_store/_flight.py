@@ -29,9 +29,6 @@ class SingleFlight(Generic[T]):
         self._lock = threading.Lock()
         self._flights: dict[str, _Flight[T]] = {}
 
-    def in_flight(self, key: str) -> bool:
-        return key in self._flights
-
     def run(
         self, key: str, fn: Callable[[], T], *, wait: bool, timeout: float
     ) -> tuple[T | None, bool]:

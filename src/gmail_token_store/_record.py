@@ -18,6 +18,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 GOOGLE_TOKEN_URI = "https://oauth2.googleapis.com/token"
+#: The scope a service needs to send mail: only the "passport" consent grants it.
+GMAIL_SEND = "https://www.googleapis.com/auth/gmail.send"
 
 #: metadata key under which a permanent refresh failure (invalid_grant) is recorded.
 FAILURE_KEY = "refresh_failure"

@@ -50,8 +50,6 @@ __all__ = [
     "throwaway_postgresql",
 ]
 
-GMAIL_SEND = "https://www.googleapis.com/auth/gmail.send"
-
 
 class Reply(enum.Enum):
     """What the fake endpoint answers to one token request."""
@@ -515,9 +513,6 @@ class PgBouncerServer:
     @property
     def dsn(self) -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/test"
-
-    def log(self) -> str:
-        return self._log.read_text(errors="replace")
 
     def stop(self) -> None:
         if self._process.poll() is None:
