@@ -5,17 +5,20 @@ from __future__ import annotations
 import pickle
 import threading
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import google.auth.exceptions
 import google.auth.transport.requests
+import psycopg
 import pytest
+from google.auth.credentials import TokenState
 
 from gmail_token_store import TokenStore
 from gmail_token_store.testing import FakeTokenEndpoint
 
-from conftest import SeedRow
+from conftest import SeedRow, utcnow
 
 FetchRow = Callable[[str], dict[str, Any]]
 
@@ -26,6 +29,7 @@ class FakeGmailApi:
     def __init__(self, endpoint: FakeTokenEndpoint) -> None:
         self.endpoint = endpoint
         self.seen: list[str] = []
+        self.also_accepted: set[str] = set()
         api = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -35,7 +39,7 @@ class FakeGmailApi:
             def do_GET(self) -> None:
                 token = (self.headers.get("Authorization") or "").removeprefix("Bearer ")
                 api.seen.append(token)
-                issued = {r.issued_access_token for r in api.endpoint.requests}
+                issued = {r.issued_access_token for r in api.endpoint.requests} | api.also_accepted
                 status = 200 if token in issued else 401
                 body = b'{"emailAddress": "test@gmail.com"}' if status == 200 else b"{}"
                 self.send_response(status)
@@ -134,3 +138,37 @@ def test_store_failures_reach_the_consumer_as_refresh_errors(
     with pytest.raises(google.auth.exceptions.RefreshError, match="re-authorize") as caught:
         credentials.refresh(google.auth.transport.requests.Request())
     assert type(caught.value.__cause__).__name__ == "ReauthRequiredError"
+
+
+def test_token_in_the_refresh_window_is_used_by_the_session_without_a_refresh(
+    dsn: str, store: TokenStore, seed: SeedRow, endpoint: FakeTokenEndpoint, gmail_api: FakeGmailApi
+) -> None:
+    row = seed(expires_in=120)  # google-auth alone would call it expired (3 min 45 s rule)
+    gmail_api.also_accepted.add(row.access_token)
+    with psycopg.connect(dsn) as other_refresher:
+        other_refresher.execute(
+            "SELECT 1 FROM gmail_token WHERE user_id = %s FOR UPDATE", (row.user_id,)
+        )
+        credentials = store.get_credentials(row.user_id)  # the still-valid token, at once
+        assert credentials.valid and credentials.token_state is TokenState.STALE
+        with google.auth.transport.requests.AuthorizedSession(credentials) as session:
+            assert session.get(gmail_api.url, timeout=10).status_code == 200
+    assert gmail_api.seen == [row.access_token]
+    assert endpoint.requests == []  # neither the store nor the session queued for a refresh
+
+
+@pytest.mark.parametrize(
+    ("seconds_left", "expired", "state"),
+    [
+        (30, True, TokenState.INVALID),
+        (120, False, TokenState.STALE),
+        (1000, False, TokenState.FRESH),
+    ],
+)
+def test_expiry_follows_the_stores_windows_not_google_auths(
+    store: TokenStore, seed: SeedRow, seconds_left: int, expired: bool, state: TokenState
+) -> None:
+    credentials = store.get_credentials(seed(expires_in=3000).user_id)
+    credentials.expiry = utcnow() + timedelta(seconds=seconds_left)
+    assert credentials.expired is expired  # mandatory window: 60 s; google-auth's: 225 s
+    assert credentials.token_state is state  # stale inside the 300 s refresh margin

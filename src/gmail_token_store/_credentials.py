@@ -10,10 +10,12 @@ and no client secret: nothing that holds it can refresh behind the store's back,
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 import google.auth.exceptions
 import google.auth.transport
+from google.auth.credentials import TokenState
 from google.oauth2.credentials import Credentials
 
 from ._record import TokenRecord
@@ -28,10 +30,38 @@ class Refresher(Protocol):
 
 
 class StoreCredentials(Credentials):
-    """`google.oauth2.credentials.Credentials` bound to a TokenStore row."""
+    """`google.oauth2.credentials.Credentials` bound to a TokenStore row.
+
+    google-auth treats a token as expired 3 min 45 s before its end and then refreshes it on
+    the spot. The store decides freshness itself: inside its refresh window it may hand out
+    a token with two minutes left while another caller refreshes, and that token must not
+    send every googleapiclient call into a blocking refresh. So these credentials count as
+    expired only inside the store's mandatory window, and as stale inside its refresh margin.
+    """
 
     _refresher: Refresher | None
     _store_user_id: str
+    _windows: tuple[timedelta, timedelta] | None  # (mandatory, advisory) before expiry
+
+    @property
+    def expired(self) -> bool:
+        windows = getattr(self, "_windows", None)
+        if windows is None or self.expiry is None:
+            return bool(super().expired)
+        return bool(_utcnow() >= self.expiry - windows[0])
+
+    @property
+    def token_state(self) -> TokenState:
+        windows = getattr(self, "_windows", None)
+        if windows is None or self.token is None or self.expiry is None:
+            state: TokenState = super().token_state
+            return state
+        now = _utcnow()
+        if now >= self.expiry - windows[0]:
+            return TokenState.INVALID
+        if now >= self.expiry - windows[1]:
+            return TokenState.STALE
+        return TokenState.FRESH
 
     def refresh(self, request: google.auth.transport.Request) -> None:  # noqa: ARG002
         """Replace the token through the store (row lock, persist); `request` is not used."""
@@ -50,12 +80,13 @@ class StoreCredentials(Credentials):
 
     def _make_copy(self) -> StoreCredentials:
         copy: StoreCredentials = super()._make_copy()  # type: ignore[no-untyped-call]
-        bind(copy, self._store_user_id, getattr(self, "_refresher", None))
+        bind(copy, self._store_user_id, getattr(self, "_refresher", None), self._windows)
         return copy
 
     def __getstate__(self) -> dict[str, Any]:
         state: dict[str, Any] = super().__getstate__()  # type: ignore[no-untyped-call]
-        state.pop("_refresher", None)
+        state.pop("_refresher", None)  # detached: google-auth's own rules apply again
+        state.pop("_windows", None)
         return state
 
     def __repr__(self) -> str:
@@ -66,12 +97,20 @@ class StoreCredentials(Credentials):
         )
 
 
-def bind(credentials: StoreCredentials, user_id: str, refresher: Refresher | None) -> None:
+def bind(
+    credentials: StoreCredentials,
+    user_id: str,
+    refresher: Refresher | None,
+    windows: tuple[timedelta, timedelta] | None,
+) -> None:
     credentials._store_user_id = user_id
     credentials._refresher = refresher
+    credentials._windows = windows
 
 
-def credentials_for(record: TokenRecord, refresher: Refresher) -> StoreCredentials:
+def credentials_for(
+    record: TokenRecord, refresher: Refresher, windows: tuple[timedelta, timedelta]
+) -> StoreCredentials:
     """Build the Credentials handed out for a record (no refresh token, no client secret)."""
     credentials = StoreCredentials(  # type: ignore[no-untyped-call]
         record.access_token,
@@ -80,5 +119,9 @@ def credentials_for(record: TokenRecord, refresher: Refresher) -> StoreCredentia
         scopes=list(record.scopes) if record.scopes is not None else None,
         expiry=record.expiry,
     )
-    bind(credentials, record.user_id, refresher)
+    bind(credentials, record.user_id, refresher, windows)
     return credentials
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)

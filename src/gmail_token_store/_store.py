@@ -186,6 +186,11 @@ class TokenStore:
             raise ValueError("on_event must be callable")
 
         self._fallback_client = (client_id or None, client_secret or None)
+        # What handed-out Credentials report as expired / stale (see StoreCredentials).
+        self._windows = (
+            timedelta(seconds=max(self.mandatory_refresh_margin, 10.0)),
+            timedelta(seconds=self.refresh_margin),
+        )
         # Per-statement override: with a pool we do not own we cannot set the connection's.
         self._prepare: bool | None = False if prepare_threshold is None else None
         self._on_event = on_event
@@ -889,7 +894,7 @@ class TokenStore:
     # --- handing out -----------------------------------------------------------------------
 
     def _remember(self, record: TokenRecord) -> Credentials:
-        credentials = credentials_for(record, self._adopt_or_refresh)
+        credentials = credentials_for(record, self._adopt_or_refresh, self._windows)
         if self._cache is not None:
             self._cache.put(
                 record.user_id,
