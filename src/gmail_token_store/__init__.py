@@ -6,6 +6,7 @@ credentials = get_credentials(user_id, scopes=[GMAIL_SEND])
 
 from __future__ import annotations
 
+import atexit
 import threading
 from collections.abc import Sequence
 from importlib.metadata import version as _version
@@ -62,6 +63,7 @@ def _shared_store() -> TokenStore:
             store = _default_store
             if store is None:
                 store = _default_store = TokenStore.from_env()
+                atexit.register(store.close)  # its pool's threads and connections
     return store
 
 
