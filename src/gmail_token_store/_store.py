@@ -738,10 +738,11 @@ class TokenStore:
                 expiry_type_has_tz = cursor.description is not None and (
                     cursor.description[7].type_code == _TIMESTAMPTZ_OID
                 )
+                # Until the commit succeeds the grant exists only here.
                 unsaved = (record, grant, expiry_type_has_tz)
                 updated = self._write_grant(conn, record, grant, expiry_type_has_tz)
                 assert updated is not None  # noqa: S101 - the row is locked by us
-                refreshed, unsaved = True, None
+                refreshed = True
                 return updated
 
         try:
@@ -749,7 +750,9 @@ class TokenStore:
         except DatabaseUnavailableError:
             if unsaved is None:
                 raise
-            record = self._save_late(*unsaved)  # the grant must not be lost
+            # The write-back or its commit failed with the connection: the grant must not be
+            # lost (if the commit did land, the compare-and-set finds the row changed).
+            record = self._save_late(*unsaved)
             refreshed = True
         if revoked is not None:
             raise revoked  # after the commit: the failure is recorded for everyone
