@@ -434,14 +434,18 @@ class PostgresServer:
         for directory in (self.base_dir, self.base_dir / "data", self.base_dir / "tmp"):
             directory.mkdir(mode=0o700, exist_ok=True)
             self._account.own(directory)
-        self._server = testing.postgresql.Postgresql(
-            base_dir=str(self.base_dir),
-            initdb=self._account.command(initdb, self.base_dir),
-            postgres=self._account.command(postgres, self.base_dir),
-            # Durability is not what these servers are for; speed and room for herds are.
-            postgres_args="-h 127.0.0.1 -F -c logging_collector=off -c fsync=off"
-            " -c synchronous_commit=off -c full_page_writes=off -c max_connections=300",
-        )
+        try:
+            self._server = testing.postgresql.Postgresql(
+                base_dir=str(self.base_dir),
+                initdb=self._account.command(initdb, self.base_dir),
+                postgres=self._account.command(postgres, self.base_dir),
+                # Durability is not what these servers are for; speed and room for herds are.
+                postgres_args="-h 127.0.0.1 -F -c logging_collector=off -c fsync=off"
+                " -c synchronous_commit=off -c full_page_writes=off -c max_connections=300",
+            )
+        except BaseException:
+            shutil.rmtree(self.base_dir, ignore_errors=True)
+            raise
         self.port: int = self._server.settings["port"]
 
     @property
