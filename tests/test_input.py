@@ -245,3 +245,16 @@ def test_closed_store_refuses_calls(make_store: Callable[..., TokenStore], seed:
     store.close()
     with pytest.raises(TokenStoreError, match="closed"):
         store.get_credentials(row.user_id)
+
+
+def test_row_without_an_oauth_client_serves_a_fresh_token_but_cannot_refresh(
+    store: TokenStore, seed: SeedRow, endpoint: FakeTokenEndpoint
+) -> None:
+    no_client = Jsonb({"token_uri": endpoint.token_uri})
+    fresh = seed(expires_in=3000, oauth_config=no_client)
+    due = seed(expires_in=0, oauth_config=no_client)
+    assert store.get_credentials(fresh.user_id).token == fresh.access_token
+    assert store.check(fresh.user_id).state == "broken"  # an operator must add the client
+    with pytest.raises(InvalidTokenRecordError, match="OAuth client"):
+        store.get_credentials(due.user_id)
+    assert endpoint.requests == []

@@ -573,21 +573,22 @@ class TokenStore:
     def _is_due(self, record: TokenRecord) -> bool:
         return record.seconds_left(time.time()) < self.refresh_margin
 
-    def _unusable_because(self, record: TokenRecord) -> str | None:
+    def _unusable_because(self, record: TokenRecord, *, refreshing: bool = True) -> str | None:
+        """Why the row cannot be used (or, with `refreshing`, refreshed), or None."""
         if record.problem:
             return record.problem
         refusal = self._token_uri_refusal(record.token_uri)
         if refusal:
             return refusal
-        if record.refresh_token and not record.has_client:
+        if refreshing and record.refresh_token and not record.has_client:
             return (
                 "no OAuth client id/secret (oauth_config, token_data, or "
                 "GOOGLE_CLIENT_ID / GOOGLE_CLIENT_SECRET)"
             )
         return None
 
-    def _raise_if_unusable(self, record: TokenRecord) -> None:
-        problem = self._unusable_because(record)
+    def _raise_if_unusable(self, record: TokenRecord, *, refreshing: bool = True) -> None:
+        problem = self._unusable_because(record, refreshing=refreshing)
         if problem:
             raise InvalidTokenRecordError(record.user_id, record.email, problem)
         reason = record.reauth_reason
@@ -596,7 +597,9 @@ class TokenStore:
 
     def _fresh(self, record: TokenRecord) -> TokenRecord:
         """Return `record` if it has `refresh_margin` left, else a refreshed one."""
-        self._raise_if_unusable(record)
+        # A fresh token is served even without an OAuth client; the refresh would need one
+        # and checks again under the lock.
+        self._raise_if_unusable(record, refreshing=False)
         left = record.seconds_left(time.time())
         if left >= self.refresh_margin:
             return record
