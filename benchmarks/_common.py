@@ -11,10 +11,9 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 from psycopg.types.json import Jsonb
 
+from gmail_token_store import GMAIL_SEND
 from gmail_token_store._schema import GMAIL_TOKEN_DDL
 from gmail_token_store.testing import PostgresServer, throwaway_postgresql
-
-GMAIL_SEND = "https://www.googleapis.com/auth/gmail.send"
 
 
 @contextmanager

@@ -13,12 +13,11 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 from psycopg.types.json import Jsonb
 
-from gmail_token_store import TokenStore
+from gmail_token_store import GMAIL_SEND, TokenStore
 from gmail_token_store._schema import GMAIL_TOKEN_DDL
 from gmail_token_store.testing import FakeTokenEndpoint, throwaway_postgresql
 
 USER_ID = "dddddddd-dddd-dddd-dddd-dddddddddddd"
-GMAIL_SEND = "https://www.googleapis.com/auth/gmail.send"
 
 
 def shown(token: str) -> str:

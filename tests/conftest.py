@@ -15,13 +15,12 @@ import pytest
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
-from gmail_token_store import TokenStore
+from gmail_token_store import GMAIL_SEND, TokenStore
 from gmail_token_store._schema import GMAIL_TOKEN_DDL
 from gmail_token_store.testing import FakeTokenEndpoint, PostgresServer, throwaway_postgresql
 
 from helpers import StatementCounter
 
-GMAIL_SEND = "https://www.googleapis.com/auth/gmail.send"
 GMAIL_READONLY = "https://www.googleapis.com/auth/gmail.readonly"
 CLIENT_ID = "seed-client-id.apps.googleusercontent.com"
 #: Distinctive secrets, so that a test can search any output for them.

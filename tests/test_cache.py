@@ -11,10 +11,10 @@ import pytest
 from google.oauth2.credentials import Credentials
 from psycopg.types.json import Jsonb
 
-from gmail_token_store import InsufficientScopesError, TokenStore
+from gmail_token_store import GMAIL_SEND, InsufficientScopesError, TokenStore
 from gmail_token_store.testing import FakeTokenEndpoint
 
-from conftest import GMAIL_READONLY, GMAIL_SEND, SeedRow, utcnow
+from conftest import GMAIL_READONLY, SeedRow, utcnow
 
 
 def replace_token_behind_the_store(dsn: str, user_id: str, token: str) -> None:

@@ -21,9 +21,10 @@ import requests
 from google.oauth2.credentials import Credentials
 from psycopg.types.json import Jsonb
 
+from gmail_token_store import GMAIL_SEND
 from gmail_token_store.testing import FakeTokenEndpoint, Reply
 
-from conftest import CLIENT_ID, CLIENT_SECRET, GMAIL_READONLY, GMAIL_SEND, SeedRow, utcnow
+from conftest import CLIENT_ID, CLIENT_SECRET, GMAIL_READONLY, SeedRow, utcnow
 
 DSN_PASSWORD = "cli-dsn-password-" + "Q" * 8
 SCRIPT = shutil.which("gmail-token-store", path=os.path.dirname(sys.executable))

@@ -15,6 +15,7 @@ from psycopg.types.json import Jsonb
 
 import gmail_token_store
 from gmail_token_store import (
+    GMAIL_SEND,
     ConfigurationError,
     InsufficientScopesError,
     TokenNotFoundError,
@@ -23,7 +24,7 @@ from gmail_token_store import (
 from gmail_token_store._record import FAILURE_KEY
 from gmail_token_store.testing import FakeTokenEndpoint
 
-from conftest import CLIENT_ID, CLIENT_SECRET, GMAIL_READONLY, GMAIL_SEND, SeedRow, utcnow
+from conftest import CLIENT_ID, CLIENT_SECRET, GMAIL_READONLY, SeedRow, utcnow
 from helpers import StatementCounter, call_together
 
 AUTH_SERVER_CHECK_KEYS = {

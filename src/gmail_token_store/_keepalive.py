@@ -41,6 +41,10 @@ class KeepaliveReport:
         return bool(self.need_reauth or self.failed)
 
 
+def _label(status: TokenStatus) -> str:
+    return f"{status.user_id} ({status.email})" if status.email else status.user_id
+
+
 def is_due(status: TokenStatus, *, within: float, idle_days: float) -> bool:
     """True when the row's token expires within `within` s or it was not refreshed lately."""
     if status.remaining_seconds is None or status.remaining_seconds < within:
@@ -64,7 +68,7 @@ def refresh_all(
     report.checked = len(listing)
     due: list[tuple[TokenRecord, TokenStatus]] = []
     for record, status in listing:
-        label = f"{status.user_id} ({status.email})" if status.email else status.user_id
+        label = _label(status)
         if status.state == "broken":
             report.failed.append((label, status.problem or "the row is unusable"))
         elif status.state == "reauth-required":
@@ -76,7 +80,7 @@ def refresh_all(
 
     def refresh_one(listed: tuple[TokenRecord, TokenStatus]) -> None:
         record, status = listed
-        label = f"{status.user_id} ({status.email})" if status.email else status.user_id
+        label = _label(status)
         try:
             result = store._refresh_unless_written_since(record)
         except ReauthRequiredError as exc:

@@ -225,9 +225,8 @@ def parse_row(
         problems.append(str(exc))
         metadata = None
 
-    access_key = (
-        "token" if "access_token" not in token_data and "token" in token_data else ("access_token")
-    )
+    legacy_key = "access_token" not in token_data and "token" in token_data
+    access_key = "token" if legacy_key else "access_token"
     access_token = refresh_token = None
     client_id = client_secret = None
     token_uri = GOOGLE_TOKEN_URI
