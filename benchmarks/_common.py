@@ -12,7 +12,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from gmail_token_store import GMAIL_SEND
-from gmail_token_store._schema import GMAIL_TOKEN_DDL
+from gmail_token_store._sql import CREATE_TABLE
 from gmail_token_store.testing import PostgresServer, throwaway_postgresql
 
 
@@ -21,7 +21,7 @@ def database() -> Iterator[PostgresServer]:
     """A throwaway PostgreSQL holding an empty gmail_token table."""
     with throwaway_postgresql() as server:
         with psycopg.connect(server.dsn, autocommit=True) as conn:
-            conn.execute(GMAIL_TOKEN_DDL)
+            conn.execute(CREATE_TABLE.text)
         yield server
 
 

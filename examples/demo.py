@@ -14,7 +14,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from gmail_token_store import GMAIL_SEND, TokenStore
-from gmail_token_store._schema import GMAIL_TOKEN_DDL
+from gmail_token_store._sql import CREATE_TABLE
 from gmail_token_store.testing import FakeTokenEndpoint, throwaway_postgresql
 
 USER_ID = "dddddddd-dddd-dddd-dddd-dddddddddddd"
@@ -39,7 +39,7 @@ def main() -> None:
     print("Starting a throwaway PostgreSQL and the fake Google token endpoint (loopback only)…")
     with throwaway_postgresql() as postgres, FakeTokenEndpoint() as endpoint:
         with psycopg.connect(postgres.dsn, autocommit=True) as conn:
-            conn.execute(GMAIL_TOKEN_DDL)
+            conn.execute(CREATE_TABLE.text)
             conn.execute(
                 "INSERT INTO gmail_token (user_id, robeing_id, token_data, oauth_config, scopes,"
                 " metadata, expiry) VALUES (%s, %s, %s, %s, %s, %s, %s)",

@@ -16,7 +16,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
 from gmail_token_store import GMAIL_SEND, TokenStore
-from gmail_token_store._schema import GMAIL_TOKEN_DDL
+from gmail_token_store._sql import CREATE_TABLE
 from gmail_token_store.testing import FakeTokenEndpoint, PostgresServer, throwaway_postgresql
 
 from helpers import StatementCounter
@@ -42,7 +42,7 @@ def dsn(postgres: PostgresServer) -> str:
     """The session's database with a fresh gmail_token table, created with the seed's DDL."""
     with psycopg.connect(postgres.dsn, autocommit=True) as conn:
         conn.execute("DROP TABLE IF EXISTS gmail_token")
-        conn.execute(GMAIL_TOKEN_DDL)
+        conn.execute(CREATE_TABLE.text)
     return postgres.dsn
 
 

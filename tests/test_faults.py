@@ -345,7 +345,9 @@ def _kill_the_refreshers_connection(dsn: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "other_writer", [False, True], ids=["row untouched", "row written meanwhile"]
+    "other_writer",
+    [None, "touched updated_at", "saved a new consent"],
+    ids=["row untouched", "row touched meanwhile", "new consent meanwhile"],
 )
 def test_grant_survives_losing_the_connection_during_the_token_request(
     dsn: str,
@@ -353,7 +355,7 @@ def test_grant_survives_losing_the_connection_during_the_token_request(
     seed: SeedRow,
     endpoint: FakeTokenEndpoint,
     fetch_row: FetchRow,
-    other_writer: bool,
+    other_writer: str | None,
 ) -> None:
     endpoint.latency = 1.0  # the window in which the database connection dies
     endpoint.rotate_refresh_tokens = True  # the case where losing the answer would hurt
@@ -362,20 +364,25 @@ def test_grant_survives_losing_the_connection_during_the_token_request(
     caller = threading.Thread(target=lambda: outcome.append(store.get_credentials(row.user_id)))
     caller.start()
     _kill_the_refreshers_connection(dsn)
-    if other_writer:
+    change = {
+        None: None,
+        "touched updated_at": "UPDATE gmail_token SET updated_at = CURRENT_TIMESTAMP",
+        "saved a new consent": "UPDATE gmail_token SET token_data = token_data"
+        ' || \'{"refresh_token": "1//new-consent", "access_token": "ya29.new-consent"}\'',
+    }[other_writer]
+    if change is not None:
         with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute(
-                "UPDATE gmail_token SET updated_at = CURRENT_TIMESTAMP WHERE user_id = %s",
-                (row.user_id,),
-            )
+            conn.execute(change + " WHERE user_id = %s", (row.user_id,))
     caller.join(timeout=30)
 
     [request] = endpoint.refresh_requests()
     [credentials] = outcome
     assert credentials.token == request.issued_access_token  # the caller got the new token
     stored = fetch_row(row.user_id)["token_data"]
-    if other_writer:  # compare-and-set: the other writer's row is not overwritten
-        assert stored["access_token"] == row.access_token
-    else:  # saved on a fresh connection, rotated refresh token included
+    if other_writer == "saved a new consent":  # a newer grant is never overwritten
+        assert stored["refresh_token"] == "1//new-consent"
+        assert stored["access_token"] == "ya29.new-consent"
+    else:  # saved on a fresh connection, rotated refresh token included: the row had
+        # nothing newer than what we got, only the refresh token the rotation replaced
         assert stored["access_token"] == request.issued_access_token
         assert stored["refresh_token"] not in (row.refresh_token, None)

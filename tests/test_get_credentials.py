@@ -427,7 +427,7 @@ def test_module_level_get_credentials_uses_one_store_from_the_environment(
     row = seed(expires_in=3000)
     monkeypatch.setenv("GMAIL_TOKEN_STORE_DSN", "")  # empty counts as unset
     monkeypatch.setenv("DATABASE_URL", dsn)
-    monkeypatch.setattr(gmail_token_store, "_default_store", None)
+    monkeypatch.setattr(gmail_token_store._default, "_store", None)
     created: list[TokenStore] = []
     original = TokenStore.from_env.__func__  # type: ignore[attr-defined]
 

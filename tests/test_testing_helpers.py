@@ -66,4 +66,4 @@ def test_fake_endpoint_latency_delays_every_answer() -> None:
 
 def test_missing_server_binary_says_which_package_to_install() -> None:
     with pytest.raises(RuntimeError, match="install the Debian package `no-such-package`"):
-        testing._find_binary("no-such-binary-gmail-token-store", "no-such-package")
+        testing._servers._find_binary("no-such-binary-gmail-token-store", "no-such-package")

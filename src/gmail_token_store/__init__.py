@@ -1,20 +1,29 @@
 """gmail_token_store: valid Gmail OAuth credentials straight from the gmail_token table.
 
-from gmail_token_store import get_credentials
-credentials = get_credentials(user_id, scopes=[GMAIL_SEND])
+    from gmail_token_store import GMAIL_SEND, get_credentials
+    credentials = get_credentials(user_id, scopes=[GMAIL_SEND])
+
+`TokenStore` for threads and forked workers, `AsyncTokenStore` for asyncio services; both
+read the row, refresh it once under a row lock when it is due, and persist it.
 """
 
 from __future__ import annotations
 
-import atexit
-import threading
-from collections.abc import Sequence
 from importlib.metadata import version as _version
 
-from google.oauth2.credentials import Credentials
-
+from ._async_store import AsyncTokenStore
+from ._default import create_table, get_credentials, get_credentials_async
+from ._keepalive import KeepaliveReport
+from ._options import StoreOptions
 from ._record import GMAIL_SEND
-from ._results import RefreshResult, TokenEvent, TokenStatus
+from ._results import (
+    EventHook,
+    EventKind,
+    RefreshResult,
+    TokenEvent,
+    TokenState,
+    TokenStatus,
+)
 from ._store import TokenStore
 from .exceptions import (
     ConfigurationError,
@@ -33,45 +42,28 @@ __version__ = _version("gmail-token-store")
 
 __all__ = [
     "GMAIL_SEND",
+    "AsyncTokenStore",
     "ConfigurationError",
     "DatabaseUnavailableError",
+    "EventHook",
+    "EventKind",
     "InsufficientScopesError",
     "InvalidTokenRecordError",
     "InvalidUserIdError",
+    "KeepaliveReport",
     "OAuthClientError",
     "ReauthRequiredError",
     "RefreshFailedError",
     "RefreshResult",
+    "StoreOptions",
     "TokenEvent",
     "TokenNotFoundError",
+    "TokenState",
     "TokenStatus",
     "TokenStore",
     "TokenStoreError",
     "__version__",
+    "create_table",
     "get_credentials",
+    "get_credentials_async",
 ]
-
-_default_store: TokenStore | None = None
-_default_store_lock = threading.Lock()
-
-
-def _shared_store() -> TokenStore:
-    global _default_store  # noqa: PLW0603 - the one process-wide store, created on first use
-    store = _default_store
-    if store is None:
-        with _default_store_lock:
-            store = _default_store
-            if store is None:
-                store = _default_store = TokenStore.from_env()
-                atexit.register(store.close)  # its pool's threads and connections
-    return store
-
-
-def get_credentials(user_id: object, *, scopes: Sequence[str] | None = None) -> Credentials:
-    """Return valid Credentials for the user from a process-wide `TokenStore.from_env()`.
-
-    The store is created on first use (thread-safe) from GMAIL_TOKEN_STORE_DSN or
-    DATABASE_URL, and GOOGLE_CLIENT_ID / GOOGLE_CLIENT_SECRET. See
-    `TokenStore.get_credentials` for the behaviour and the errors.
-    """
-    return _shared_store().get_credentials(user_id, scopes=scopes)

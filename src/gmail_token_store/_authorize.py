@@ -17,11 +17,10 @@ from urllib.parse import urlsplit
 from google.oauth2.credentials import Credentials
 from google_auth_oauthlib.flow import InstalledAppFlow, WSGITimeoutError
 
+from ._policy import is_loopback
 from ._record import GMAIL_SEND
 from ._store import TokenStore
 from .exceptions import ConfigurationError, InsufficientScopesError
-
-_LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
 
 
 def _client_config(path: Path) -> dict[str, Any]:
@@ -69,10 +68,10 @@ def authorize(
     config = _client_config(client_secrets)
     client = config.get("installed") or config["web"]
     token_uri = str(client.get("token_uri", ""))
-    refusal = store._token_uri_refusal(token_uri)
+    refusal = store.token_uri_problem(token_uri)
     if refusal:
         raise ConfigurationError(f"client secrets file {client_secrets.name}: {refusal}")
-    if urlsplit(token_uri).hostname in _LOOPBACK and token_uri.startswith("http:"):
+    if is_loopback(urlsplit(token_uri).hostname) and token_uri.startswith("http:"):
         # oauthlib refuses plain http unless told; our policy allows it on loopback only
         # (emulators and tests), and the check above has already enforced that.
         os.environ["OAUTHLIB_INSECURE_TRANSPORT"] = "1"

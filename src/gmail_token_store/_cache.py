@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from time import monotonic
+from collections.abc import Sequence
 
 from google.oauth2.credentials import Credentials
 
@@ -29,6 +29,10 @@ class CacheEntry:
         self.serve_until = serve_until
         self.referenced = False
 
+    def covers(self, wanted: Sequence[str] | None) -> bool:
+        """Were all of `wanted` granted? (Nothing wanted: yes.)"""
+        return wanted is None or (self.scopes is not None and self.scopes.issuperset(wanted))
+
 
 class CredentialsCache:
     """Maps canonical user ids to CacheEntry; `max_entries` bounds memory."""
@@ -42,10 +46,10 @@ class CredentialsCache:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def get(self, user_id: str) -> CacheEntry | None:
-        """Return the entry if it may still be served; never blocks."""
+    def get(self, user_id: str, now: float) -> CacheEntry | None:
+        """Return the entry if it may still be served at monotonic time `now`; never blocks."""
         entry = self._entries.get(user_id)
-        if entry is None or monotonic() >= entry.serve_until:
+        if entry is None or now >= entry.serve_until:
             return None
         entry.referenced = True
         return entry
@@ -58,13 +62,14 @@ class CredentialsCache:
         *,
         seconds_left: float,
         refresh_margin: float,
+        now: float,
     ) -> None:
         """Cache credentials for `ttl`, but never past the point they enter the refresh margin."""
         serve_for = min(self.ttl, seconds_left - refresh_margin)
         if serve_for <= 0:
             self.invalidate(user_id)
             return
-        entry = CacheEntry(credentials, scopes, monotonic() + serve_for)
+        entry = CacheEntry(credentials, scopes, now + serve_for)
         with self._lock:
             self._entries[user_id] = entry
             self._entries.move_to_end(user_id)
@@ -82,3 +87,7 @@ class CredentialsCache:
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
+
+    def after_fork(self) -> None:
+        """In a child process: a fresh lock (the parent's may have been held at the fork)."""
+        self._lock = threading.Lock()

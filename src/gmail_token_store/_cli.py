@@ -16,16 +16,14 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
-from ._keepalive import KeepaliveReport, refresh_all
-from ._record import GMAIL_SEND
-from ._results import TokenStatus
-from ._schema import create_table
-from ._store import TokenStore
+from . import GMAIL_SEND, KeepaliveReport, TokenStatus, TokenStore, TokenStoreError, create_table
+from ._escape import printable
+from ._options import dsn_from_env
 from ._token_file import TokenFileError, read_token_file
 from ._user_id import parse_user_id
-from .exceptions import TokenStoreError, describe_user
+from .exceptions import describe_user
 
 PROG = "gmail-token-store"
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
@@ -42,11 +40,10 @@ def _say(text: str, stream: TextIO | None = None) -> None:
 
 
 @contextmanager
-def _store(args: argparse.Namespace, **options: Any) -> Iterator[TokenStore]:
-    options.setdefault("connect_timeout", args.connect_timeout)
-    if args.dsn:
-        options["conninfo"] = args.dsn
-    with TokenStore.from_env(**options) as store:
+def _store(args: argparse.Namespace, max_connections: int = 2) -> Iterator[TokenStore]:
+    with TokenStore.from_env(
+        args.dsn, connect_timeout=args.connect_timeout, max_connections=max_connections
+    ) as store:
         yield store
 
 
@@ -79,7 +76,7 @@ def _positive_int(value: str) -> int:
 
 
 def _say_stored(what: str, status: TokenStatus) -> None:
-    scopes = " ".join(status.scopes or ()) or "(none)"
+    scopes = printable(" ".join(status.scopes or ()) or "(none)")
     who = describe_user(status.user_id, status.email)
     _say(f"{what} {who}: state {status.state}, scopes {scopes}")
 
@@ -88,8 +85,7 @@ def _say_stored(what: str, status: TokenStatus) -> None:
 
 
 def _init_db(args: argparse.Namespace) -> int:
-    with _store(args) as store, store._connection() as conn:
-        created = create_table(conn)
+    created = create_table(dsn_from_env(args.dsn))
     _say("created table gmail_token" if created else "table gmail_token exists; left unchanged")
     return EXIT_OK
 
@@ -165,13 +161,17 @@ def _time_left(status: TokenStatus) -> str:
     return f"{seconds // 86_400}d"
 
 
+#: Widest a table cell from the database may be: a 1 MB email must not pad every line.
+_CELL = 40
+
+
 def _table(statuses: Sequence[TokenStatus]) -> str:
     header = ("USER_ID", "EMAIL", "ROBEING", "STATE", "LEFT", "LAST_REFRESH")
     rows = [
         (
-            status.user_id,
-            status.email or "-",
-            status.robeing_id or "-",
+            printable(status.user_id, _CELL),
+            printable(status.email or "-", _CELL),
+            printable(status.robeing_id or "-", _CELL),
             status.state,
             _time_left(status),
             status.last_refreshed.strftime("%Y-%m-%d %H:%M") if status.last_refreshed else "-",
@@ -198,7 +198,7 @@ def _list(args: argparse.Namespace) -> int:
             _say(_table(shown))
         for status in shown:
             if status.needs_attention and status.problem:
-                _say(f"{status.user_id}: {status.state}: {status.problem}")
+                _say(f"{status.user_id}: {status.state}: {printable(status.problem)}")
         _say(f"{len(statuses)} grants, {len(attention)} need attention")
     if args.needs_attention and attention:
         return EXIT_FAILURE
@@ -217,9 +217,8 @@ def _refresh_all(args: argparse.Namespace) -> int:
     within = args.within
     # One connection and one HTTP connection per worker, plus one for the listing.
     with _store(args, max_connections=args.concurrency + 1) as store:
-        report = refresh_all(
-            store,
-            within=store.refresh_margin if within is None else within,
+        report = store.refresh_all(
+            within=within,
             idle_days=args.idle_days,
             concurrency=args.concurrency,
             progress=_print_progress,
@@ -367,7 +366,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return handler(args)
     except (TokenStoreError, _Failure) as exc:
-        _say(f"{PROG}: error: {exc}", sys.stderr)
+        _say(f"{PROG}: error: {printable(str(exc), 1000)}", sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:
         _say(f"{PROG}: interrupted", sys.stderr)

@@ -1,10 +1,14 @@
-"""Where a gmail_token row becomes a TokenRecord, and a record becomes row values again.
+"""Where a gmail_token row becomes a TokenRecord.
 
 Reading is tolerant because the table has had several writers: `token_data` may say
 `token` instead of `access_token`, a JSONB column may hold JSON *text* (a string that
 contains an object), `scopes` may be a list or a space-separated string, `expiry` may be
-NULL or a timestamptz. Writing is strict: objects, not text; naive UTC expiries; the
-access token under the key it was read from; every key we do not own left alone.
+NULL or a timestamptz.
+
+Reading is also defensive, because PostgreSQL accepts rows that would hurt a reader: JSON
+nested thousands deep (Python's decoder raises RecursionError), numbers with thousands of
+digits (ValueError), multi-megabyte columns, hundreds of thousands of scopes. Such a row is
+reported with a `problem` (state `broken`); it never raises here and never stops a listing.
 """
 
 from __future__ import annotations
@@ -24,13 +28,11 @@ GMAIL_SEND = "https://www.googleapis.com/auth/gmail.send"
 #: metadata key under which a permanent refresh failure (invalid_grant) is recorded.
 FAILURE_KEY = "refresh_failure"
 
-#: The columns every read selects, in this order (see `parse_row`). The JSONB columns come
-#: as text and are decoded here: psycopg's JSONB loader costs a few microseconds more per
-#: column, which shows on the hot path.
-COLUMNS = (
-    "id, user_id, robeing_id, token_data::text, oauth_config::text, scopes::text,"
-    " metadata::text, expiry, updated_at"
-)
+#: A JSON column longer than this is refused: real rows hold a few hundred bytes, and a
+#: multi-megabyte one would be decoded on every read of the row.
+MAX_COLUMN_CHARS = 64 * 1024
+#: Gmail has about a dozen scopes; a grant with more than this many is not a real one.
+MAX_SCOPES = 256
 
 
 def fingerprint(refresh_token: str) -> str:
@@ -51,6 +53,11 @@ _EPOCH = datetime(1970, 1, 1)
 def epoch(value: datetime) -> float:
     """Seconds since the epoch of a naive-UTC datetime."""
     return (value - _EPOCH).total_seconds()
+
+
+def from_epoch(seconds: float) -> datetime:
+    """The naive-UTC datetime of an epoch time (the inverse of `epoch`)."""
+    return datetime.fromtimestamp(seconds, UTC).replace(tzinfo=None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,16 +88,19 @@ class TokenRecord:
     token_uri: str
     scopes: tuple[str, ...] | None
     expiry: datetime | None
+    #: Seconds since the epoch when the access token expires; -inf without a token or expiry.
     expiry_epoch: float
     updated_at: datetime | None
+    #: The row version (`xmin` as text): changes with every write, whatever the layout.
+    version: str | None
     failure: RefreshFailure | None
     token_data: Mapping[str, Any] = field(repr=False)
     metadata: Mapping[str, Any] | None = field(repr=False)
     problem: str | None
 
-    def seconds_left(self, now: float) -> float:
-        """Seconds until the access token expires (-inf when there is none or no expiry)."""
-        return self.expiry_epoch - now
+    def seconds_left(self, db_now: float) -> float:
+        """Seconds until the access token expires by the database's clock (-inf: no token)."""
+        return self.expiry_epoch - db_now
 
     @property
     def reauth_reason(self) -> str | None:
@@ -113,23 +123,29 @@ class _Unreadable(ValueError):
     """A column's content cannot be understood; the message says which and why."""
 
 
-def _decoded(text: Any) -> Any:
-    """Decode a JSONB column selected as text (valid JSON by construction)."""
-    return json.loads(text) if text.__class__ is str else text
+def _decoded(text: Any, column: str) -> Any:
+    """Decode a JSON column selected as text; hostile content becomes _Unreadable."""
+    if text.__class__ is not str:
+        return text
+    if len(text) > MAX_COLUMN_CHARS:
+        raise _Unreadable(f"{column} holds {len(text):,} characters (at most {MAX_COLUMN_CHARS:,})")
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise _Unreadable(f"{column} is nested too deeply") from None
+    except ValueError:  # also numbers with more digits than int() accepts
+        raise _Unreadable(f"{column} holds JSON that cannot be decoded") from None
 
 
 def _object(value: Any, column: str, *, required: bool) -> dict[str, Any]:
-    if value.__class__ is dict:  # what psycopg gives for a JSONB object: the common case
+    if value.__class__ is dict:  # the common case
         return value
     if value is None:
         if required:
             raise _Unreadable(f"{column} is NULL")
         return {}
     if isinstance(value, str):  # older writers stored JSON text inside the JSONB column
-        try:
-            value = json.loads(value)
-        except ValueError:
-            raise _Unreadable(f"{column} holds text that is not JSON") from None
+        value = _decoded(value, column)
     if not isinstance(value, dict):
         raise _Unreadable(f"{column} is a JSON {type(value).__name__}, not an object")
     return value
@@ -141,9 +157,7 @@ def _optional_str(data: Mapping[str, Any], key: str, column: str) -> str | None:
         return value or None
     if value is None:
         return None
-    if not isinstance(value, str):
-        raise _Unreadable(f"{column}.{key} is not a string")
-    return value
+    raise _Unreadable(f"{column}.{key} is not a string")
 
 
 def parse_scopes(value: Any) -> tuple[str, ...] | None:
@@ -153,14 +167,15 @@ def parse_scopes(value: Any) -> tuple[str, ...] | None:
     if isinstance(value, str):
         text = value.strip()
         if text.startswith(("[", '"')):
-            try:
-                return parse_scopes(json.loads(text))
-            except ValueError:
-                raise _Unreadable("scopes holds text that is not JSON") from None
-        return tuple(text.split())
-    if isinstance(value, list) and all(isinstance(item, str) for item in value):
-        return tuple(value)
-    raise _Unreadable("scopes is neither a list of strings nor a space-separated string")
+            return parse_scopes(_decoded(text, "scopes"))
+        scopes = tuple(text.split())
+    elif isinstance(value, list) and all(isinstance(item, str) for item in value):
+        scopes = tuple(value)
+    else:
+        raise _Unreadable("scopes is neither a list of strings nor a space-separated string")
+    if len(scopes) > MAX_SCOPES:
+        raise _Unreadable(f"scopes lists {len(scopes):,} scopes (at most {MAX_SCOPES})")
+    return scopes
 
 
 def parse_expiry(value: Any) -> datetime | None:
@@ -194,36 +209,28 @@ def _recorded_failure(
     )
 
 
+def _column(raw: Any, column: str, problems: list[str], *, required: bool) -> dict[str, Any] | None:
+    """The column as an object, or None (and a problem) when it cannot be read."""
+    try:
+        return _object(_decoded(raw, column), column, required=required)
+    except _Unreadable as exc:
+        problems.append(str(exc))
+        return None
+
+
 def parse_row(
     row: Sequence[Any], *, fallback_client: tuple[str | None, str | None] = (None, None)
 ) -> TokenRecord:
-    """Turn a row selected with `COLUMNS` into a TokenRecord; never raises for bad content.
+    """Turn a row selected with `_sql.COLUMNS` into a TokenRecord; never raises for content.
 
     Client credentials come from `oauth_config`, then `token_data` (token.json layout),
     then `fallback_client` (the store's constructor / environment).
     """
-    row_id, user_id, robeing_id = row[0], row[1], row[2]
-    raw_token_data, raw_oauth = _decoded(row[3]), _decoded(row[4])
-    raw_scopes, raw_meta = _decoded(row[5]), _decoded(row[6])
-    raw_expiry, updated_at = row[7], row[8]
     problems: list[str] = []
-
-    try:
-        token_data = _object(raw_token_data, "token_data", required=True)
-    except _Unreadable as exc:
-        problems.append(str(exc))
-        token_data = {}
-    try:
-        oauth_config = _object(raw_oauth, "oauth_config", required=False)
-    except _Unreadable as exc:
-        problems.append(str(exc))
-        oauth_config = {}
-    metadata: dict[str, Any] | None
-    try:
-        metadata = _object(raw_meta, "metadata", required=False)
-    except _Unreadable as exc:
-        problems.append(str(exc))
-        metadata = None
+    token_data = _column(row[3], "token_data", problems, required=True) or {}
+    oauth_config = _column(row[4], "oauth_config", problems, required=False) or {}
+    # None when unreadable: then it is never written back.
+    metadata = _column(row[6], "metadata", problems, required=False)
 
     legacy_key = "access_token" not in token_data and "token" in token_data
     access_key = "token" if legacy_key else "access_token"
@@ -246,8 +253,11 @@ def parse_row(
             or _optional_str(token_data, "token_uri", "token_data")
             or GOOGLE_TOKEN_URI
         )
-        scopes = parse_scopes(raw_scopes if raw_scopes is not None else token_data.get("scopes"))
-        expiry = parse_expiry(raw_expiry if raw_expiry is not None else token_data.get("expiry"))
+        raw_scopes = row[5]
+        scopes = parse_scopes(
+            _decoded(raw_scopes, "scopes") if raw_scopes is not None else token_data.get("scopes")
+        )
+        expiry = parse_expiry(row[7] if row[7] is not None else token_data.get("expiry"))
     except _Unreadable as exc:
         problems.append(str(exc))
     if not problems and not access_token and not refresh_token:
@@ -258,9 +268,9 @@ def parse_row(
         client_id, client_secret = fallback_client
     email = metadata.get("email") if metadata else None
     return TokenRecord(
-        row_id=row_id,
-        user_id=str(user_id),
-        robeing_id=robeing_id,
+        row_id=row[0],
+        user_id=row[1],
+        robeing_id=row[2],
         email=email if isinstance(email, str) and email else None,
         access_token=access_token,
         access_token_key=access_key,
@@ -272,105 +282,10 @@ def parse_row(
         scopes=scopes,
         expiry=expiry,
         expiry_epoch=epoch(expiry) if expiry is not None and access_token else -math.inf,
-        updated_at=updated_at,
+        updated_at=row[8],
+        version=row[9],
         failure=_recorded_failure(metadata or {}, refresh_token),
         token_data=token_data,
         metadata=metadata,
         problem="; ".join(problems) or None,
-    )
-
-
-# --- writing -------------------------------------------------------------------------
-
-
-def refreshed_token_data(
-    record: TokenRecord, access_token: str, rotated_refresh_token: str | None
-) -> dict[str, Any]:
-    """Return token_data with the new access token under the key it was read from."""
-    data = dict(record.token_data)
-    data[record.access_token_key] = access_token
-    if rotated_refresh_token:
-        data["refresh_token"] = rotated_refresh_token
-    return data
-
-
-def metadata_with_failure(
-    record: TokenRecord, error: str, description: str, at: datetime
-) -> dict[str, Any] | None:
-    """Return metadata recording a permanent failure, or None when metadata is unreadable."""
-    if record.metadata is None or not record.refresh_token:
-        return None
-    data = dict(record.metadata)
-    data[FAILURE_KEY] = {
-        "error": error,
-        "description": description,
-        "at": at.isoformat(timespec="seconds") + "Z",
-        "refresh_token_fingerprint": fingerprint(record.refresh_token),
-    }
-    return data
-
-
-def metadata_without_failure(record: TokenRecord) -> dict[str, Any] | None:
-    """Return metadata without a recorded failure, or None when there is nothing to remove."""
-    if not record.metadata or FAILURE_KEY not in record.metadata:
-        return None
-    return {key: value for key, value in record.metadata.items() if key != FAILURE_KEY}
-
-
-@dataclass(frozen=True, slots=True)
-class GrantColumns:
-    """The column values `save()` writes for a grant, in the seed's layout."""
-
-    token_data: dict[str, Any] = field(repr=False)
-    oauth_config: dict[str, Any] | None = field(repr=False)
-    scopes: list[str] | None
-    expiry: datetime | None
-    metadata: dict[str, Any]
-
-
-def grant_columns(
-    *,
-    existing: TokenRecord | None,
-    access_token: str | None,
-    refresh_token: str | None,
-    client_id: str | None,
-    client_secret: str | None,
-    token_uri: str | None,
-    scopes: Sequence[str] | None,
-    expiry: datetime | None,
-    email: str | None,
-    metadata: Mapping[str, Any] | None,
-) -> GrantColumns:
-    """Merge a new grant into an existing row's values (or start a new row).
-
-    token_data keeps keys we do not own but drops the legacy `token` key so that only one
-    access token is stored; metadata keeps every key, takes `metadata` and `email` on top,
-    and loses any recorded refresh failure.
-    """
-    token_data = dict(existing.token_data) if existing else {}
-    token_data.pop("token", None)
-    token_data["access_token"] = access_token
-    if refresh_token:
-        token_data["refresh_token"] = refresh_token
-    token_data.setdefault("token_type", "Bearer")
-
-    oauth_config: dict[str, Any] | None = None
-    if client_id and client_secret:
-        oauth_config = {
-            "client_id": client_id,
-            "client_secret": client_secret,
-            "token_uri": token_uri or GOOGLE_TOKEN_URI,
-        }
-
-    merged_meta = dict(existing.metadata or {}) if existing else {}
-    merged_meta.update(metadata or {})
-    if email:
-        merged_meta["email"] = email
-    merged_meta.pop(FAILURE_KEY, None)
-    return GrantColumns(
-        token_data=token_data,
-        oauth_config=oauth_config,
-        scopes=list(scopes) if scopes is not None else None,
-        expiry=utc_naive(expiry) if expiry is not None else None,
-        metadata=merged_meta,
     )

@@ -54,6 +54,9 @@ class TokenStatus:
     #: Seconds since `last_refreshed`, by the database's clock.
     seconds_since_refresh: int | None = None
     scopes: tuple[str, ...] | None = None
+    #: The row's version when it was read (opaque; changes with every write). Pass it to
+    #: `refresh(..., unless_written_since=...)` to refresh only a row nobody touched since.
+    version: str | None = None
 
     @property
     def needs_attention(self) -> bool:
@@ -83,6 +86,7 @@ class TokenStatus:
             "last_refreshed": _iso(self.last_refreshed),
             "seconds_since_refresh": self.seconds_since_refresh,
             "scopes": list(self.scopes) if self.scopes is not None else None,
+            "version": self.version,
         }
 
 
@@ -118,8 +122,17 @@ class RefreshResult:
         return data
 
 
+#: What a TokenEvent reports: a refresh; a still-valid token served after a failed refresh;
+#: a dead grant; a failed refresh; a lock wait that ran out; a refreshed grant that could not
+#: be written yet and is kept in memory; a kept grant written to the row later.
 EventKind = Literal[
-    "refreshed", "served_stale", "reauth_required", "refresh_failed", "lock_timeout"
+    "refreshed",
+    "served_stale",
+    "reauth_required",
+    "refresh_failed",
+    "lock_timeout",
+    "grant_kept",
+    "grant_restored",
 ]
 
 

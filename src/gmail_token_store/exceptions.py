@@ -4,8 +4,10 @@
 
     TokenStoreError                      base; .retryable tells "just try again later"
     ├── InvalidUserIdError (ValueError)  the caller passed something that is not a UUID
-    ├── ConfigurationError               operator: no or unusable DSN / settings
-    ├── DatabaseUnavailableError         retry later: PostgreSQL unreachable (retryable)
+    ├── ConfigurationError               operator: DSN, credentials, database, role, table,
+    │                                    column or privilege is wrong or missing
+    ├── DatabaseUnavailableError         retry later: PostgreSQL unreachable, restarting,
+    │                                    read-only, or the connection dropped (retryable)
     ├── TokenNotFoundError               the user never connected Gmail: ask them to
     ├── InvalidTokenRecordError          operator: unreadable row, no client, token_uri refused
     ├── ReauthRequiredError              the user must consent again (invalid_grant, no refresh)
@@ -14,12 +16,16 @@
     └── RefreshFailedError               retry later: endpoint down, timeout, 5xx, 429, lock wait
 
 Every message names the user id (and email when known) and what to do next. No message
-contains an access token, a refresh token, a client secret or a database password.
+contains an access token, a refresh token, a client secret or a database password, and
+text that came from the database or the token endpoint is escaped (`_escape.printable`),
+so a message is safe to print on a terminal or in a one-line log.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+
+from ._escape import printable
 
 __all__ = [
     "ConfigurationError",
@@ -36,8 +42,8 @@ __all__ = [
 
 
 def describe_user(user_id: str, email: str | None) -> str:
-    """Return "user <id>" or "user <id> (<email>)" for messages."""
-    return f"user {user_id} ({email})" if email else f"user {user_id}"
+    """Return "user <id>" or "user <id> (<email>)" for messages, escaped and cut."""
+    return f"user {user_id} ({printable(email, 80)})" if email else f"user {user_id}"
 
 
 class TokenStoreError(Exception):
@@ -52,7 +58,8 @@ class InvalidUserIdError(TokenStoreError, ValueError):
 
 
 class ConfigurationError(TokenStoreError):
-    """The store cannot be built from its settings (no DSN, bad option value)."""
+    """An operator must fix the setup: the DSN, a password, the database or role, the table,
+    a column or a privilege; the message names which."""
 
 
 class DatabaseUnavailableError(TokenStoreError):
@@ -87,7 +94,8 @@ class InvalidTokenRecordError(_UserError):
 
     def __init__(self, user_id: str, email: str | None, problem: str) -> None:
         super().__init__(
-            f"the Gmail grant of {describe_user(user_id, email)} cannot be used: {problem}; "
+            f"the Gmail grant of {describe_user(user_id, email)} cannot be used: "
+            f"{printable(problem)}; "
             "an operator has to fix the row or re-authorize the user",
             user_id=user_id,
             email=email,
@@ -100,7 +108,8 @@ class ReauthRequiredError(_UserError):
 
     def __init__(self, user_id: str, email: str | None, reason: str) -> None:
         super().__init__(
-            f"the Gmail grant of {describe_user(user_id, email)} needs a new consent: {reason}; "
+            f"the Gmail grant of {describe_user(user_id, email)} needs a new consent: "
+            f"{printable(reason)}; "
             "ask the user to re-authorize (e.g. `gmail-token-store authorize`)",
             user_id=user_id,
             email=email,
@@ -112,7 +121,7 @@ class InsufficientScopesError(_UserError):
     """The stored grant lacks scopes the caller needs (a login consent cannot send mail)."""
 
     def __init__(self, user_id: str, email: str | None, missing_scopes: Sequence[str]) -> None:
-        missing = ", ".join(missing_scopes)
+        missing = printable(", ".join(missing_scopes))
         super().__init__(
             f"the Gmail grant of {describe_user(user_id, email)} lacks the scope(s) {missing}; "
             "ask the user to re-authorize with them (the 'passport' consent, e.g. "
@@ -130,7 +139,8 @@ class OAuthClientError(_UserError):
         detail = f"{error}: {description}" if description else error
         super().__init__(
             f"the token endpoint refused the OAuth client used for "
-            f"{describe_user(user_id, email)} ({detail}); an operator has to fix the client id "
+            f"{describe_user(user_id, email)} ({printable(detail)}); an operator has to fix the "
+            "client id "
             "and secret (gmail_token.oauth_config or GOOGLE_CLIENT_ID / GOOGLE_CLIENT_SECRET)",
             user_id=user_id,
             email=email,
@@ -146,7 +156,8 @@ class RefreshFailedError(_UserError):
     ) -> None:
         advice = "retry later" if retryable else "an operator has to look at the token endpoint"
         super().__init__(
-            f"could not refresh the Gmail token of {describe_user(user_id, email)}: {reason}; "
+            f"could not refresh the Gmail token of {describe_user(user_id, email)}: "
+            f"{printable(reason)}; "
             f"{advice}",
             user_id=user_id,
             email=email,

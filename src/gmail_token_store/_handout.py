@@ -1,4 +1,4 @@
-"""The Credentials a store hands out: google-auth's, with refresh() routed through the store.
+"""Where a record becomes the Credentials a store hands out, with refresh() routed back.
 
 googleapiclient and AuthorizedSession call `credentials.refresh(request)` when the token
 expires or the API answers 401. A plain google-auth refresh would skip the row lock and
@@ -6,6 +6,10 @@ never be saved, so here it asks the store, which adopts a newer token already in
 or refreshes under the lock and persists. The handed-out object carries no refresh token
 and no client secret: nothing that holds it can refresh behind the store's back, and
 `to_json()` or a pickle of it cannot leak them.
+
+Expiries are kept by the database's clock; the Credentials get theirs converted to this
+host's clock, so that google-auth's and googleapiclient's own checks (which read the
+local clock) agree with the store on a host whose clock is off.
 """
 
 from __future__ import annotations
@@ -18,19 +22,25 @@ import google.auth.transport
 from google.auth.credentials import TokenState
 from google.oauth2.credentials import Credentials
 
-from ._record import TokenRecord
+from ._clock import DatabaseClock
+from ._record import TokenRecord, from_epoch
 from ._results import mask
 from .exceptions import TokenStoreError
 
+Windows = tuple[timedelta, timedelta]  # (mandatory, advisory) before expiry
+
 
 class Refresher(Protocol):
-    """Return a record with a token other than `rejected_token`, refreshing if needed."""
+    """Return a record with a token other than `rejected_token`, refreshing if needed.
+
+    Called from whatever thread google-auth's caller runs in.
+    """
 
     def __call__(self, user_id: str, rejected_token: str | None, /) -> TokenRecord: ...
 
 
 class StoreCredentials(Credentials):
-    """`google.oauth2.credentials.Credentials` bound to a TokenStore row.
+    """`google.oauth2.credentials.Credentials` bound to a store's row.
 
     google-auth treats a token as expired 3 min 45 s before its end and then refreshes it on
     the spot. The store decides freshness itself: inside its refresh window it may hand out
@@ -41,7 +51,8 @@ class StoreCredentials(Credentials):
 
     _refresher: Refresher | None
     _store_user_id: str
-    _windows: tuple[timedelta, timedelta] | None  # (mandatory, advisory) before expiry
+    _windows: Windows | None
+    _clock: DatabaseClock | None
 
     @property
     def expired(self) -> bool:
@@ -66,7 +77,8 @@ class StoreCredentials(Credentials):
     def refresh(self, request: google.auth.transport.Request) -> None:  # noqa: ARG002
         """Replace the token through the store (row lock, persist); `request` is not used."""
         refresher = getattr(self, "_refresher", None)
-        if refresher is None:
+        clock = getattr(self, "_clock", None)
+        if refresher is None or clock is None:
             raise google.auth.exceptions.RefreshError(
                 "these credentials were detached from their TokenStore (pickled or copied "
                 "by hand); ask the store for new ones"
@@ -76,17 +88,35 @@ class StoreCredentials(Credentials):
         except TokenStoreError as exc:
             raise google.auth.exceptions.RefreshError(str(exc), retryable=exc.retryable) from exc
         self.token = record.access_token
-        self.expiry = record.expiry
+        self.expiry = local_expiry(record, clock)
 
     def _make_copy(self) -> StoreCredentials:
         copy: StoreCredentials = super()._make_copy()  # type: ignore[no-untyped-call]
-        bind(copy, self._store_user_id, getattr(self, "_refresher", None), self._windows)
+        copy.attach(
+            self._store_user_id,
+            getattr(self, "_refresher", None),
+            getattr(self, "_windows", None),
+            getattr(self, "_clock", None),
+        )
         return copy
+
+    def attach(
+        self,
+        user_id: str,
+        refresher: Refresher | None,
+        windows: Windows | None,
+        clock: DatabaseClock | None,
+    ) -> None:
+        """Bind to the store's row: its user, its refresher, its windows and clock."""
+        self._store_user_id = user_id
+        self._refresher = refresher
+        self._windows = windows
+        self._clock = clock
 
     def __getstate__(self) -> dict[str, Any]:
         state: dict[str, Any] = super().__getstate__()  # type: ignore[no-untyped-call]
-        state.pop("_refresher", None)  # detached: google-auth's own rules apply again
-        state.pop("_windows", None)
+        for detached in ("_refresher", "_windows", "_clock"):  # google-auth's rules apply again
+            state.pop(detached, None)
         return state
 
     def __repr__(self) -> str:
@@ -97,19 +127,21 @@ class StoreCredentials(Credentials):
         )
 
 
-def bind(
-    credentials: StoreCredentials,
-    user_id: str,
-    refresher: Refresher | None,
-    windows: tuple[timedelta, timedelta] | None,
-) -> None:
-    credentials._store_user_id = user_id
-    credentials._refresher = refresher
-    credentials._windows = windows
+#: A host clock within this many seconds of the database's is taken as agreeing with it:
+#: the offset is only known to half a round trip, and a second is nothing next to the
+#: refresh windows. Beyond it, handed-out expiries are converted to the host's clock.
+CLOCK_TOLERANCE = 1.0
 
 
-def credentials_for(
-    record: TokenRecord, refresher: Refresher, windows: tuple[timedelta, timedelta]
+def local_expiry(record: TokenRecord, clock: DatabaseClock) -> datetime | None:
+    """The record's expiry as this host's clock will read it (naive UTC)."""
+    if record.expiry is None or not record.access_token or abs(clock.offset) < CLOCK_TOLERANCE:
+        return record.expiry
+    return from_epoch(clock.to_local(record.expiry_epoch))
+
+
+def hand_out(
+    record: TokenRecord, refresher: Refresher, windows: Windows, clock: DatabaseClock
 ) -> StoreCredentials:
     """Build the Credentials handed out for a record (no refresh token, no client secret)."""
     credentials = StoreCredentials(  # type: ignore[no-untyped-call]
@@ -117,9 +149,9 @@ def credentials_for(
         token_uri=record.token_uri,
         client_id=record.client_id,
         scopes=list(record.scopes) if record.scopes is not None else None,
-        expiry=record.expiry,
+        expiry=local_expiry(record, clock),
     )
-    bind(credentials, record.user_id, refresher, windows)
+    credentials.attach(record.user_id, refresher, windows, clock)
     return credentials
 
 

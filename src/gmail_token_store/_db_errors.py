@@ -1,0 +1,170 @@
+"""What a psycopg error means for the caller: the one place driver errors are classified.
+
+Both stores catch `psycopg.Error` around every statement and raise what `database_error` /
+`connect_error` return, so no driver exception reaches a caller. The rules:
+
+* the connection broke, timed out, was terminated, or landed on a read-only server (a
+  standby, a demoted primary): `ConnectionLost`, a retryable `DatabaseUnavailableError`;
+  the connection is discarded, and a statement that had not run may be retried once;
+* the table or a column is missing, a privilege is lacking, the password, database or
+  role is wrong, the DSN cannot be used: `ConfigurationError`, naming the cause;
+* the row lock was not granted within lock_timeout: `LockWaitTimeout` (flows turn it into
+  the error of the operation).
+
+Server messages are untrusted text: they are escaped, and a DSN password never appears.
+"""
+
+from __future__ import annotations
+
+import re
+
+import psycopg
+import psycopg.errors
+
+from ._escape import printable
+from ._sql import TABLE, Statement
+from .exceptions import ConfigurationError, DatabaseUnavailableError, TokenStoreError
+
+
+class ConnectionLost(DatabaseUnavailableError):
+    """The connection broke or cannot be used; it was discarded. Retry later."""
+
+
+class LockWaitTimeout(TokenStoreError):
+    """Another transaction held the row lock for longer than this call may wait."""
+
+    retryable = True
+
+
+class WrongRowError(ConnectionLost):
+    """A statement answered with another user's row: the connection is not trusted again."""
+
+    def __init__(self, user_id: str) -> None:
+        super().__init__(
+            f"the database connection answered a row that is not user {user_id}'s; the "
+            "connection was discarded and nothing was handed out (retry)"
+        )
+
+
+# SQLSTATE classes and codes after which the connection is not used again.
+_LOST_CLASSES = ("08", "57", "53", "58", "XX")
+_LOST_CODES = frozenset(
+    {
+        "25006",  # read_only_sql_transaction: a standby or a demoted primary
+        "25P03",  # idle_in_transaction_session_timeout
+        "40001",  # serialization_failure
+        "40P01",  # deadlock_detected
+        "55000",  # object_not_in_prerequisite_state (e.g. recovery in progress)
+    }
+)
+
+
+def _summary(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    first = text[0] if text else ""
+    return printable(f"{type(exc).__name__}: {first}" if first else type(exc).__name__, 160)
+
+
+def database_error(exc: psycopg.Error, statement: Statement | None = None) -> TokenStoreError:
+    """Return the error to raise for a psycopg error raised by `statement` (or by commit)."""
+    if isinstance(exc, psycopg.errors.LockNotAvailable):
+        return LockWaitTimeout("the row lock was not granted in time")
+    if isinstance(exc, psycopg.errors.UndefinedTable):
+        return ConfigurationError(
+            f"the {TABLE} table does not exist in this database: create it with "
+            "`gmail-token-store init-db` (or gmail_token_store.create_table)"
+        )
+    if isinstance(exc, psycopg.errors.UndefinedColumn):
+        detail = printable(exc.diag.message_primary or "a column is missing", 120)
+        return ConfigurationError(
+            f"the {TABLE} table lacks a column the store uses ({detail}); it must have the "
+            "production schema (see `gmail-token-store init-db`)"
+        )
+    if isinstance(exc, psycopg.errors.InsufficientPrivilege):
+        privilege = statement.privilege if statement is not None else "SELECT, INSERT, UPDATE"
+        return ConfigurationError(
+            f"the database role may not do this on {TABLE}: it needs the {privilege} "
+            f"privilege (GRANT {privilege} ON {TABLE} TO <role>)"
+        )
+    sqlstate = exc.sqlstate or ""
+    if (
+        isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError)
+        or sqlstate in _LOST_CODES
+        or sqlstate.startswith(_LOST_CLASSES)
+    ):
+        why = (
+            "the server is read-only (a standby or a demoted primary)"
+            if sqlstate == "25006"
+            else _summary(exc)
+        )
+        return ConnectionLost(f"the database connection failed ({why}); retry later")
+    return DatabaseUnavailableError(
+        f"the database refused a statement (SQLSTATE {printable(sqlstate or '?', 5)}: "
+        f"{_summary(exc)}); retry later"
+    )
+
+
+# libpq reports connection failures as text only (no SQLSTATE). The server's own words
+# are English unless its lc_messages says otherwise; anything not recognised is retryable.
+_REFUSED = (
+    (re.compile(r'role "[^"]*" does not exist'), "the role (user) does not exist"),
+    (re.compile(r'database "[^"]*" does not exist'), "the database does not exist"),
+    (re.compile(r"password authentication failed"), "the password was refused"),
+    (re.compile(r"no password supplied|password is required"), "the server wants a password"),
+    (
+        re.compile(r"(?:Ident|peer|GSSAPI|SSPI|certificate) authentication failed"),
+        "authentication failed",
+    ),
+    (re.compile(r"pg_hba\.conf"), "the server's pg_hba.conf rejects this host, user or database"),
+    (
+        re.compile(r"SSL|sslmode|certificate", re.IGNORECASE),
+        "the SSL settings do not match the server's",
+    ),
+    (
+        re.compile(
+            r"invalid (?:integer |URI |connection option|\w+ value)|missing \"=\""
+            r"|unterminated quoted string|invalid port"
+        ),
+        "the DSN cannot be used",
+    ),
+)
+_ROLE_OR_DB = re.compile(r'(role|database) "([^"]*)" does not exist')
+
+
+def connect_error(exc: psycopg.Error, *, timeout: float, password: str | None) -> TokenStoreError:
+    """Return the error to raise when opening a connection failed with `exc`."""
+    text = str(exc)
+    if password:
+        text = text.replace(password, "***")
+    if isinstance(exc, psycopg.ProgrammingError):  # e.g. a bad connect_timeout value
+        return ConfigurationError(
+            "the database DSN cannot be used (not shown: it may contain a password)"
+        )
+    for pattern, meaning in _REFUSED:
+        if pattern.search(text):
+            named = _ROLE_OR_DB.search(text)
+            detail = f": {named.group(1)} {printable(named.group(2), 63)!r}" if named else ""
+            return ConfigurationError(
+                f"PostgreSQL refused the connection: {meaning}{detail}; fix the DSN "
+                "(GMAIL_TOKEN_STORE_DSN / DATABASE_URL) or the server's settings"
+            )
+    if isinstance(exc, psycopg.errors.ConnectionTimeout) or "timeout expired" in text:
+        return DatabaseUnavailableError(
+            f"no database connection within {timeout:g} s (no answer); retry later"
+        )
+    reason = "nothing is listening there" if "refused" in text else _summary_text(text)
+    return DatabaseUnavailableError(f"cannot connect to PostgreSQL ({reason}); retry later")
+
+
+def _summary_text(text: str) -> str:
+    # libpq prefixes each attempt with 'connection to server at "host", port N failed:'.
+    reasons = re.findall(r"failed: ([^\n]*)", text) or [
+        text.strip().splitlines()[0] if text.strip() else "?"
+    ]
+    return printable("; ".join(dict.fromkeys(reason.strip() for reason in reasons)), 160)
+
+
+def expect_user(row: tuple[object, ...] | None, user_id: str | None) -> None:
+    """Raise WrongRowError if `row` (selected with `_sql.COLUMNS`) is not `user_id`'s."""
+    if row is not None and user_id is not None and row[1] != user_id:
+        raise WrongRowError(user_id)

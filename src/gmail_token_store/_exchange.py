@@ -1,0 +1,198 @@
+"""The token-endpoint exchange (RFC 6749 section 6), written once for both stores.
+
+A refresh is one form POST: `grant_type=refresh_token` with the refresh token and the
+OAuth client. This module builds it, classifies every answer and decides retries; it does
+no I/O. `exchange()` yields `PostForm` / `Sleep` / `ReadClock` effects that the sync store
+performs with `httpx.Client` and the async store with `httpx.AsyncClient`.
+
+Bounded, because a refresh runs while the row lock is held: each request gets at most
+`http_timeout`, the whole refresh `3 x http_timeout` across at most three requests, and only
+passing failures are retried (no answer, a timeout, 5xx, 408, 429, an answer that is not
+JSON). A non-JSON 502 is an outage, not a revoked grant.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import httpx
+
+from ._effects import Flow, HttpAnswer, LocalClock, PostForm, ReadClock, Sleep
+
+_REVOKED = frozenset({"invalid_grant"})
+_CLIENT_REJECTED = frozenset({"invalid_client", "unauthorized_client", "deleted_client"})
+_TRANSIENT_CODES = frozenset({"server_error", "temporarily_unavailable", "internal_failure"})
+_TRANSIENT_STATUS = frozenset({408, 429})
+
+#: HTTP requests per refresh at most.
+MAX_ATTEMPTS = 3
+_BACKOFF_SECONDS = (0.25, 0.5)
+#: Google documents one hour; used when an answer carries no usable expires_in.
+DEFAULT_LIFETIME = 3600.0
+#: A lifetime above this is not believed (a week).
+_MAX_LIFETIME = 7 * 86_400.0
+#: A token answer is a few hundred bytes; a longer one is not read further.
+MAX_ANSWER_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """A successful refresh: the new access token, a rotated refresh token if one was sent."""
+
+    access_token: str = field(repr=False)
+    rotated_refresh_token: str | None = field(repr=False)
+    expires_in: float
+    scopes: tuple[str, ...] | None
+
+
+FailureKind = Literal["revoked", "client", "transient", "rejected"]
+
+
+class EndpointError(Exception):
+    """The token endpoint did not give a token; `kind` says who has to act.
+
+    `error` and `description` may come from the endpoint: untrusted text, escaped wherever
+    it is shown (the public errors do it).
+    """
+
+    def __init__(self, kind: FailureKind, error: str, description: str = "") -> None:
+        super().__init__(kind)
+        self.kind: FailureKind = kind
+        self.error = error
+        self.description = description
+
+
+class EndpointUnreachable(Exception):
+    """Thrown into `exchange` by a store when a request got no answer at all."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def refresh_form(refresh_token: str, client_id: str, client_secret: str) -> dict[str, str]:
+    return {
+        "grant_type": "refresh_token",
+        "client_id": client_id,
+        "client_secret": client_secret,
+        "refresh_token": refresh_token,
+    }
+
+
+def _lifetime(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return DEFAULT_LIFETIME
+    try:
+        seconds = float(value)
+    except ValueError:
+        return DEFAULT_LIFETIME
+    if not math.isfinite(seconds) or seconds <= 0:
+        return DEFAULT_LIFETIME
+    return min(seconds, _MAX_LIFETIME)
+
+
+def _decode(body: bytes) -> dict[str, Any] | None:
+    if len(body) > MAX_ANSWER_BYTES:
+        return None
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def classify_answer(  # noqa: PLR0911 - one return per kind of answer
+    answer: HttpAnswer, refresh_token: str
+) -> Grant | EndpointError:
+    """Turn one answer of the token endpoint into a Grant or the error it means."""
+    data = _decode(answer.body)
+    status = answer.status
+    if data is not None and status == 200:
+        access_token = data.get("access_token")
+        if isinstance(access_token, str) and access_token:
+            new_refresh = data.get("refresh_token")
+            scope = data.get("scope")
+            return Grant(
+                access_token=access_token,
+                rotated_refresh_token=(
+                    new_refresh
+                    if isinstance(new_refresh, str) and new_refresh and new_refresh != refresh_token
+                    else None
+                ),
+                expires_in=_lifetime(data.get("expires_in")),
+                scopes=tuple(scope.split()) if isinstance(scope, str) else None,
+            )
+    raw_error = data.get("error") if data is not None else None
+    error = raw_error if isinstance(raw_error, str) else None
+    raw_description = data.get("error_description") if data is not None else None
+    description = raw_description if isinstance(raw_description, str) else ""
+    if error in _REVOKED:
+        return EndpointError("revoked", error, description)
+    if error in _CLIENT_REJECTED:
+        return EndpointError("client", error, description)
+    if data is None:
+        size = " too long" if len(answer.body) > MAX_ANSWER_BYTES else " that is not JSON"
+        return EndpointError(
+            "transient", f"the token endpoint answered HTTP {status} with a body{size}"
+        )
+    if status >= 500 or status in _TRANSIENT_STATUS or error in _TRANSIENT_CODES:
+        what = f"HTTP {status}" + (f" {error}" if error else "")
+        return EndpointError("transient", f"the token endpoint answered {what}", description)
+    if error is None and status == 200:
+        return EndpointError("transient", "the token endpoint answered without an access token")
+    return EndpointError("rejected", error or f"HTTP {status}", description)
+
+
+def exchange(
+    token_uri: str,
+    refresh_token: str,
+    client_id: str,
+    client_secret: str,
+    *,
+    http_timeout: float,
+) -> Flow[Grant]:
+    """Exchange a refresh token for an access token within `3 x http_timeout` seconds.
+
+    Raises:
+        EndpointError: kind "revoked" (invalid_grant), "client" (the OAuth client was
+            refused), "transient" (no answer, 5xx, 429, non-JSON, budget used up) or
+            "rejected" (any other refusal).
+    """
+    form = refresh_form(refresh_token, client_id, client_secret)
+    started: LocalClock = yield ReadClock()
+    deadline = started.monotonic + 3 * http_timeout
+    failure = EndpointError("transient", "the refresh time budget is used up")
+    for attempt in range(1, MAX_ATTEMPTS + 1):
+        now: LocalClock = yield ReadClock()
+        remaining = deadline - now.monotonic
+        if remaining <= 0:
+            break
+        try:
+            answer: HttpAnswer = yield PostForm(
+                token_uri, form, timeout=min(http_timeout, remaining), max_bytes=MAX_ANSWER_BYTES
+            )
+        except EndpointUnreachable as exc:
+            failure = EndpointError("transient", exc.reason)
+        else:
+            outcome = classify_answer(answer, refresh_token)
+            if isinstance(outcome, Grant):
+                return outcome
+            if outcome.kind != "transient":
+                raise outcome
+            failure = outcome
+        pause = _BACKOFF_SECONDS[min(attempt - 1, len(_BACKOFF_SECONDS) - 1)]
+        now = yield ReadClock()
+        if attempt == MAX_ATTEMPTS or deadline - now.monotonic <= pause:
+            break
+        yield Sleep(pause)
+    raise failure
+
+
+def unreachable(exc: Exception) -> EndpointUnreachable:
+    """What a store throws into `exchange` when its HTTP client raised `exc`."""
+    if isinstance(exc, httpx.TimeoutException | TimeoutError):
+        return EndpointUnreachable("the token endpoint did not answer in time")
+    return EndpointUnreachable("the token endpoint could not be reached")

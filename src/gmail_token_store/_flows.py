@@ -1,0 +1,357 @@
+"""Every store operation as a flow of effects: reading, serving, refreshing, checking, saving.
+
+The sync store and the async store drive these generators (see `_effects`); what to do at
+each step is decided here, once, and the locked refresh itself is in `_refresh_flow`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from google.oauth2.credentials import Credentials
+
+from ._core import Core
+from ._db_errors import ConnectionLost, LockWaitTimeout
+from ._effects import (
+    ClockSample,
+    Commit,
+    Emit,
+    Execute,
+    FlightTimeout,
+    Flow,
+    Forget,
+    LeaderInterrupted,
+    LocalClock,
+    LockRow,
+    Log,
+    Query,
+    ReadClock,
+    ReadRow,
+    RowRead,
+    Shared,
+)
+from ._freshness import Plan, still_valid
+from ._kept import Verdict, verdict
+from ._policy import raise_if_unusable
+from ._record import TokenRecord
+from ._refresh_flow import Need, locked_refresh, save_kept
+from ._results import TokenStatus
+from ._row_writes import grant_columns, optional_json, to_json
+from ._sql import CHECK_ROW, CREATE_TABLE, LIST_ROWS, TABLE_EXISTS, UPSERT_GRANT, lock_row
+from ._status import classify, not_found
+from .exceptions import (
+    DatabaseUnavailableError,
+    InsufficientScopesError,
+    InvalidTokenRecordError,
+    RefreshFailedError,
+    TokenNotFoundError,
+    describe_user,
+)
+
+#: Pending kept grants are tried at most this often (seconds) while the database fails.
+_FLUSH_INTERVAL = 1.0
+
+
+def db_now(core: Core) -> Flow[float]:
+    """The database's time now, by this host's clock and the learnt offset."""
+    now: LocalClock = yield ReadClock()
+    return core.clock.db_now(now.wall)
+
+
+def read_row(core: Core, user_id: str) -> Flow[tuple[TokenRecord, float]]:
+    """The hot path: the user's row and the database's time it was read at.
+
+    One retry on a fresh connection if the first one broke (a server restart). A row older
+    than a grant this process holds for it (see `_kept`) is brought up to date first.
+    """
+    read: RowRead
+    try:
+        read = yield ReadRow(user_id)
+    except ConnectionLost:
+        read = yield ReadRow(user_id)
+    if read.row is None or read.clock is None:
+        raise TokenNotFoundError(user_id)
+    clock: ClockSample = read.clock
+    core.clock.observe(clock)
+    record = core.parse(read.row)
+    kept = core.kept.get(user_id)
+    if kept is not None:
+        found = verdict(kept, record)
+        if found is Verdict.WRITE:
+            started: LocalClock = yield ReadClock()
+            restored = yield from save_kept(
+                core, user_id, record.email, started.monotonic, reason="the row was older"
+            )
+            record = restored or record
+        elif found is Verdict.SUPERSEDED:
+            core.kept.forget(user_id, kept.access_token)
+        elif kept.pending:
+            core.kept.saved(user_id, kept.access_token)
+    return record, clock.db_now
+
+
+def get_credentials(core: Core, user_id: str, scopes: Sequence[str] | None) -> Flow[TokenRecord]:
+    """The record to hand out: as read when fresh, else refreshed (or still valid)."""
+    record, read_at = yield from read_row(core, user_id)
+    require_scopes(record, scopes)  # before refreshing: a refresh cannot add a scope
+    # A fresh token is served even without an OAuth client; the refresh would need one
+    # and checks again under the lock.
+    raise_if_unusable(record, core.policy, refreshing=False)
+    windows = core.windows
+    if windows.plan(record, read_at) is Plan.SERVE:
+        return record
+    left = record.seconds_left(read_at)
+    return (
+        yield from refresh_shared(
+            core,
+            record,
+            windows.is_due,
+            lock_wait=windows.lock_wait(left),
+            follower_wait=windows.follower_wait(left),
+            stale_ok=still_valid,
+        )
+    )
+
+
+def adopt_or_refresh(core: Core, user_id: str, rejected_token: str | None) -> Flow[TokenRecord]:
+    """For handed-out Credentials: a token other than `rejected_token`, refreshed if need be."""
+    seen, read_at = yield from read_row(core, user_id)
+    raise_if_unusable(seen, core.policy)
+    windows = core.windows
+    if seen.access_token != rejected_token and not windows.is_due(seen, read_at):
+        return seen
+
+    def replace_rejected(record: TokenRecord, now: float) -> bool:
+        return record.access_token == rejected_token or windows.is_due(record, now)
+
+    def usable(candidate: TokenRecord, now: float) -> bool:
+        return candidate.access_token != rejected_token and still_valid(candidate, now)
+
+    return (
+        yield from refresh_shared(
+            core,
+            seen,
+            replace_rejected,
+            lock_wait=windows.lock_timeout,
+            follower_wait=windows.follower_wait(-1.0),
+            stale_ok=usable,
+        )
+    )
+
+
+def refresh(
+    core: Core, user_id: str, *, force: bool, unless_written_since: str | None
+) -> Flow[tuple[TokenRecord, TokenRecord]]:
+    """Refresh if due (or always, with `force`); return (the row as seen, as now).
+
+    With `unless_written_since` (a `TokenStatus.version`), refresh only if no writer
+    touched the row since that version was read, or it is due anyway: the keepalive's
+    compare-and-set, so two runs (or a run and a service) never refresh a row twice.
+    A failed refresh raises even while the old token is valid: the caller asked for one.
+    """
+    seen, read_at = yield from read_row(core, user_id)
+    windows = core.windows
+    need: Need
+    if unless_written_since is not None:
+
+        def need(record: TokenRecord, now: float) -> bool:
+            return record.version == unless_written_since or windows.is_due(record, now)
+
+    elif force:
+        token_seen = seen.access_token
+
+        def need(record: TokenRecord, now: float) -> bool:
+            return record.access_token == token_seen or windows.is_due(record, now)
+
+    else:
+        need = windows.is_due
+    if not need(seen, read_at):
+        return seen, seen
+    raise_if_unusable(seen, core.policy)
+    record = yield from refresh_shared(
+        core,
+        seen,
+        need,
+        lock_wait=windows.lock_timeout,
+        follower_wait=windows.follower_wait(-1.0),
+        stale_ok=None,
+    )
+    return seen, record
+
+
+def refresh_shared(
+    core: Core,
+    seen: TokenRecord,
+    need: Need,
+    *,
+    lock_wait: float | None,
+    follower_wait: float | None,
+    stale_ok: Callable[[TokenRecord, float], bool] | None,
+) -> Flow[TokenRecord]:
+    """Refresh `seen`'s row, one refresh per user at a time in this process.
+
+    A caller that finds a refresh running waits `follower_wait` seconds for it (None: keeps
+    `seen` at once). On a passing failure `seen` is served while `stale_ok(seen, db_now)`.
+    """
+    uid = seen.user_id
+    started: LocalClock = yield ReadClock()
+    failure: RefreshFailedError
+    for _ in range(3):  # a waiter whose leader's result does not suit it goes again
+        record: TokenRecord | None
+        try:
+            record, led = yield Shared(
+                uid, lambda: locked_refresh(core, seen, need, lock_wait), wait=follower_wait
+            )
+        except LeaderInterrupted:
+            continue
+        except FlightTimeout:
+            failure = RefreshFailedError(uid, seen.email, "another thread's refresh took too long")
+            break
+        except RefreshFailedError as exc:
+            failure = exc
+            break
+        if record is None:  # someone in this process is refreshing; ours is still valid
+            return seen
+        now = yield from db_now(core)
+        if led or lock_wait is None or not need(record, now):
+            return record
+    else:
+        failure = RefreshFailedError(uid, seen.email, "the row kept changing while we waited")
+    now = yield from db_now(core)
+    if stale_ok is None or not stale_ok(seen, now):
+        raise failure
+    yield Emit(
+        "served_stale",
+        uid,
+        seen.email,
+        started.monotonic,
+        error=failure.reason,
+        level=logging.WARNING,
+        message=f"serving the still-valid Gmail token of {describe_user(uid, seen.email)} "
+        f"({seen.seconds_left(now):.0f} s left) because the refresh failed: {failure}",
+    )
+    return seen
+
+
+def flush_kept(core: Core) -> Flow[None]:
+    """Write every pending kept grant the row does not hold yet (at most once a second)."""
+    now: LocalClock = yield ReadClock()
+    if now.monotonic < core.next_flush:
+        return
+    core.next_flush = now.monotonic + _FLUSH_INTERVAL
+    for kept in core.kept.pending():
+        yield from save_kept(core, kept.user_id, None, now.monotonic, reason="kept earlier")
+
+
+def require_scopes(record: TokenRecord, scopes: Sequence[str] | None) -> None:
+    if scopes is None:
+        return
+    granted = set(record.scopes or ())
+    missing = [scope for scope in scopes if scope not in granted]
+    if missing:
+        raise InsufficientScopesError(record.user_id, record.email, missing)
+
+
+# --- health -------------------------------------------------------------------------------
+
+
+def _status(core: Core, row: Sequence[Any]) -> TokenStatus:
+    db_clock: float = row[-2]
+    db_local_now: datetime = row[-1]
+    return classify(
+        core.parse(row),
+        db_now=db_clock,
+        db_local_now=db_local_now,
+        windows=core.windows,
+        policy=core.policy,
+    )
+
+
+def check(core: Core, user_id: str) -> Flow[TokenStatus]:
+    """The health of one grant; never raises for a row that exists."""
+    rows = yield Query(CHECK_ROW, (user_id,), user_id=user_id)
+    return _status(core, rows[0]) if rows else not_found(user_id)
+
+
+def check_all(core: Core) -> Flow[list[TokenStatus]]:
+    """The health of every grant, oldest row first; a broken row is reported, not raised."""
+    rows = yield Query(LIST_ROWS, ())
+    return [_status(core, row) for row in rows]
+
+
+# --- writing a grant ----------------------------------------------------------------------
+
+
+def save(
+    core: Core,
+    user_id: str,
+    credentials: Credentials,
+    *,
+    email: str | None,
+    robeing_id: str | None,
+    metadata: Mapping[str, Any] | None,
+) -> Flow[TokenRecord]:
+    """Insert or replace the user's grant under the row lock (if the row exists)."""
+    if credentials.token_uri and (refusal := core.policy.refusal(credentials.token_uri)):
+        raise InvalidTokenRecordError(user_id, email, refusal)
+    statement = lock_row(
+        user_id,
+        wait_ms=int(core.windows.lock_timeout * 1000),
+        idle_timeout_ms=int(core.windows.idle_in_transaction_timeout * 1000),
+    )
+    try:
+        locked: RowRead = yield LockRow(user_id, statement)
+    except LockWaitTimeout:
+        raise DatabaseUnavailableError(
+            f"the row of user {user_id} stayed locked by another process for "
+            f"{core.windows.lock_timeout:g} s; retry later"
+        ) from None
+    existing = core.parse(locked.row) if locked.row is not None else None
+    values = grant_columns(
+        existing=existing,
+        access_token=credentials.token,
+        refresh_token=credentials.refresh_token,
+        client_id=credentials.client_id,
+        client_secret=credentials.client_secret,
+        token_uri=credentials.token_uri,
+        scopes=credentials.scopes,
+        expiry=credentials.expiry,
+        email=email,
+        metadata=metadata,
+    )
+    rows = yield Execute(
+        UPSERT_GRANT,
+        {
+            "user_id": user_id,
+            "robeing_id": robeing_id,
+            "token_data": to_json(values.token_data),
+            "oauth_config": optional_json(values.oauth_config),
+            "scopes": optional_json(values.scopes),
+            "metadata": to_json(values.metadata),
+            "expiry": values.expiry,
+        },
+        user_id=user_id,
+    )
+    yield Commit()
+    record = core.parse(rows[0])
+    # A new consent supersedes anything this process kept for the user.
+    core.kept.forget(user_id)
+    yield Forget(user_id)
+    yield Log(
+        logging.INFO,
+        f"saved the Gmail grant of {describe_user(record.user_id, record.email)}, token "
+        f"expires {record.expiry}",
+    )
+    return record
+
+
+def create_table(_core: Core | None = None) -> Flow[bool]:
+    """Create gmail_token if it does not exist; True when it was created."""
+    rows = yield Query(TABLE_EXISTS, ())
+    if rows and rows[0][0]:
+        return False
+    yield Query(CREATE_TABLE, ())
+    return True

@@ -1,0 +1,140 @@
+"""Grants this process obtained, kept in memory until the row is known to hold them.
+
+A refresh can rotate the refresh token: the endpoint sends a new one and revokes the old.
+From the moment the answer arrives, the new grant exists only in this process. If the
+write-back fails (the connection dropped, the database is down, an interrupt arrived, or a
+failover lost a write that had been committed on the old primary), losing it would leave
+the row with a revoked refresh token and kill the grant. So every grant is kept here:
+
+* `pending`: not known to be in the row. Written by compare-and-set as soon as the
+  database answers again; until then refreshes for that user use the kept refresh token.
+* saved: written, remembered for a while (`KEPT_FOR`) so that a row found *older* than what
+  we wrote (after a failover to a standby that never received the write) is written again.
+
+Decisions only; the flows in `_flows` do the writing. Thread-safe: both stores share it
+between threads (the async store between coroutines of one loop, which needs no lock, but
+a lock held for a dict operation costs nothing there either).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from ._record import TokenRecord
+
+#: How long a saved grant is remembered, to repair a row that regressed (seconds).
+KEPT_FOR = 6 * 3600.0
+#: At most this many users' grants are remembered; saved ones leave first.
+KEPT_MAX = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class KeptGrant:
+    """A grant this process obtained for one row."""
+
+    user_id: str
+    row_id: int
+    access_token: str = field(repr=False)
+    #: The refresh token the grant holds now (the rotated one, or the one used).
+    refresh_token: str = field(repr=False)
+    #: The refresh token it replaced (equal to `refresh_token` without rotation).
+    replaced_refresh_token: str = field(repr=False)
+    expiry_epoch: float  # by the database's clock
+    scopes: tuple[str, ...] | None
+    pending: bool
+    kept_at: float  # monotonic seconds
+
+
+class Verdict(enum.Enum):
+    """How a kept grant relates to the row as it is now."""
+
+    IN_ROW = "in_row"  # the row holds our grant
+    WRITE = "write"  # the row is older than our grant (never saved, or lost): write ours
+    SUPERSEDED = "superseded"  # someone wrote a newer grant, or a new consent: forget ours
+
+
+def verdict(kept: KeptGrant, record: TokenRecord) -> Verdict:
+    """Compare a kept grant with the row; see `Verdict`."""
+    if record.refresh_token not in (kept.refresh_token, kept.replaced_refresh_token):
+        return Verdict.SUPERSEDED  # a new consent or an import: not ours to overwrite
+    if record.access_token == kept.access_token:
+        return Verdict.IN_ROW
+    if record.expiry_epoch >= kept.expiry_epoch:
+        return Verdict.SUPERSEDED  # refreshed again since, from our lineage
+    return Verdict.WRITE
+
+
+class KeptGrants:
+    """The kept grants of one store, by user id (bounded, see KEPT_FOR and KEPT_MAX)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._grants: OrderedDict[str, KeptGrant] = OrderedDict()
+        #: Number of pending grants: the hot path checks this one integer.
+        self.pending_count = 0
+
+    def __len__(self) -> int:
+        return len(self._grants)
+
+    def get(self, user_id: str) -> KeptGrant | None:
+        return self._grants.get(user_id)
+
+    def pending(self) -> list[KeptGrant]:
+        with self._lock:
+            return [grant for grant in self._grants.values() if grant.pending]
+
+    def keep(self, grant: KeptGrant, now: float) -> None:
+        """Remember a grant (pending or saved), replacing any older one for the user."""
+        with self._lock:
+            self._store(grant)
+            self._expire(now)
+
+    def saved(self, user_id: str, access_token: str) -> None:
+        """The row now holds the grant with this access token: it is no longer pending."""
+        with self._lock:
+            grant = self._grants.get(user_id)
+            if grant is not None and grant.pending and grant.access_token == access_token:
+                self._store(dataclasses.replace(grant, pending=False))
+
+    def forget(self, user_id: str, access_token: str | None = None) -> None:
+        """Drop the user's grant (only if it still holds `access_token`, when given)."""
+        with self._lock:
+            grant = self._grants.get(user_id)
+            if grant is not None and access_token in (None, grant.access_token):
+                self._remove(user_id)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._grants.clear()
+            self.pending_count = 0
+
+    def after_fork(self) -> None:
+        """In a child process: the parent keeps (and writes) its grants; start empty."""
+        self._lock = threading.Lock()
+        self._grants = OrderedDict()
+        self.pending_count = 0
+
+    # --- under the lock ----------------------------------------------------------------
+
+    def _store(self, grant: KeptGrant) -> None:
+        self._remove(grant.user_id)
+        self._grants[grant.user_id] = grant
+        self.pending_count += grant.pending
+
+    def _remove(self, user_id: str) -> None:
+        old = self._grants.pop(user_id, None)
+        if old is not None:
+            self.pending_count -= old.pending
+
+    def _expire(self, now: float) -> None:
+        # Saved grants leave when old or when there are too many; pending ones never do
+        # (they are the only copy), so a store with more than KEPT_MAX pending keeps them.
+        for user_id, grant in list(self._grants.items()):
+            if len(self._grants) <= KEPT_MAX and now - grant.kept_at < KEPT_FOR:
+                break
+            if not grant.pending:
+                self._remove(user_id)

@@ -1,0 +1,221 @@
+"""The options both stores take, checked once: `StoreOptions` for callers, `Settings` inside.
+
+Both `TokenStore(conninfo, **options)` and `TokenStore.from_env(**options)` (and their
+async twins) are typed with `Unpack[StoreOptions]`, so a misspelt option or a value of the
+wrong type is a type-checker error, and a wrong value a `ValueError` naming it at run time.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, TypedDict
+
+import psycopg
+import psycopg.conninfo
+
+from ._freshness import Windows
+from ._results import EventHook
+from .exceptions import ConfigurationError
+
+
+class StoreOptions(TypedDict, total=False):
+    """Keyword options of TokenStore and AsyncTokenStore (seconds unless said otherwise).
+
+    refresh_margin (300): a token with less left than this is refreshed.
+    mandatory_refresh_margin (60): above it (inside refresh_margin) one caller refreshes
+        while the others keep using the current token; below it callers wait (bounded).
+    http_timeout (10): per token request; a whole refresh takes at most 3x this.
+    lock_timeout (30): longest wait for another process's refresh of the same row.
+    allowed_token_hosts (()): extra https hosts a row's token_uri may name.
+    client_id, client_secret (None): OAuth client for rows that carry none.
+    prepare_threshold (5): psycopg's; None disables prepared statements (PgBouncer
+        transaction pooling before 1.21).
+    cache_ttl (60): seconds a user's credentials are served from memory; 0 disables.
+    cache_size (10,000): users kept in the cache (least recently used leave first).
+    max_connections (10): size of the store's own connection pool.
+    connect_timeout (10): longest wait for a database connection.
+    on_event (None): called with a TokenEvent per refresh, stale serve and failure.
+    """
+
+    refresh_margin: float
+    mandatory_refresh_margin: float
+    http_timeout: float
+    lock_timeout: float
+    allowed_token_hosts: Iterable[str]
+    client_id: str | None
+    client_secret: str | None
+    prepare_threshold: int | None
+    cache_ttl: float
+    cache_size: int
+    max_connections: int
+    connect_timeout: float
+    on_event: EventHook | None
+
+
+#: TCP settings for the store's connections unless the DSN sets them: a connection whose
+#: peer vanished (a blackholed network, a dead host) is noticed in about 10-15 s instead of
+#: the kernel's two hours: keepalive probes after 5 s idle, every 2 s, 3 unanswered; sent
+#: data unacknowledged for 10 s ends the connection (tcp_user_timeout, milliseconds).
+TCP_DEFAULTS = {
+    "keepalives": "1",
+    "keepalives_idle": "5",
+    "keepalives_interval": "2",
+    "keepalives_count": "3",
+    "tcp_user_timeout": "10000",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Checked options (see StoreOptions)."""
+
+    refresh_margin: float
+    mandatory_refresh_margin: float
+    http_timeout: float
+    lock_timeout: float
+    allowed_token_hosts: frozenset[str]
+    client_id: str | None
+    client_secret: str | None
+    prepare_threshold: int | None
+    cache_ttl: float
+    cache_size: int
+    max_connections: int
+    connect_timeout: float
+    on_event: EventHook | None
+
+    @property
+    def windows(self) -> Windows:
+        return Windows(
+            refresh_margin=self.refresh_margin,
+            mandatory_margin=self.mandatory_refresh_margin,
+            lock_timeout=self.lock_timeout,
+            refresh_budget=3 * self.http_timeout,
+        )
+
+
+def _seconds(name: str, value: Any, *, allow_zero: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+        raise ValueError(f"{name} must be a number of seconds, got {value!r}")
+    if value < 0 or (value == 0 and not allow_zero) or math.isinf(value):
+        raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+    return float(value)
+
+
+def _count(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return value
+
+
+def _optional_text(name: str, value: Any) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise ValueError(f"{name} must be a string or None")
+    return value or None
+
+
+def settings_from(options: StoreOptions) -> Settings:
+    """Check every option; raise ValueError naming the first bad one."""
+    unknown = set(options) - set(StoreOptions.__annotations__)
+    if unknown:
+        raise ValueError(f"unknown option(s): {', '.join(sorted(unknown))}")
+    refresh_margin = _seconds(
+        "refresh_margin", options.get("refresh_margin", 300.0), allow_zero=True
+    )
+    mandatory = _seconds(
+        "mandatory_refresh_margin", options.get("mandatory_refresh_margin", 60.0), allow_zero=True
+    )
+    if mandatory > refresh_margin:
+        raise ValueError(
+            f"mandatory_refresh_margin ({mandatory!r}) must not exceed "
+            f"refresh_margin ({refresh_margin!r})"
+        )
+    hosts = options.get("allowed_token_hosts", ())
+    if isinstance(hosts, str) or not all(isinstance(host, str) for host in hosts):
+        raise ValueError("allowed_token_hosts must be a collection of host names, not a str")
+    prepare_threshold = options.get("prepare_threshold", 5)
+    if prepare_threshold is not None and (
+        isinstance(prepare_threshold, bool) or not isinstance(prepare_threshold, int)
+    ):
+        raise ValueError(f"prepare_threshold must be an int or None, got {prepare_threshold!r}")
+    on_event = options.get("on_event")
+    if on_event is not None and not callable(on_event):
+        raise ValueError("on_event must be callable")
+    return Settings(
+        refresh_margin=refresh_margin,
+        mandatory_refresh_margin=mandatory,
+        http_timeout=_seconds("http_timeout", options.get("http_timeout", 10.0)),
+        lock_timeout=_seconds("lock_timeout", options.get("lock_timeout", 30.0)),
+        allowed_token_hosts=frozenset(host.lower() for host in hosts),
+        client_id=_optional_text("client_id", options.get("client_id")),
+        client_secret=_optional_text("client_secret", options.get("client_secret")),
+        prepare_threshold=prepare_threshold,
+        cache_ttl=_seconds("cache_ttl", options.get("cache_ttl", 60.0), allow_zero=True),
+        cache_size=_count("cache_size", options.get("cache_size", 10_000)),
+        max_connections=_count("max_connections", options.get("max_connections", 10)),
+        connect_timeout=_seconds("connect_timeout", options.get("connect_timeout", 10.0)),
+        on_event=on_event,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Conninfo:
+    """A DSN with the store's TCP defaults merged in; the password kept apart for redaction."""
+
+    dsn: str
+    password: str | None
+
+
+def conninfo_from(conninfo: object) -> Conninfo:
+    """Check a DSN/URL and add TCP_DEFAULTS for what it does not set itself.
+
+    Raises:
+        ConfigurationError: not a string, empty, or unparseable (never quoting it: it may
+            contain a password).
+    """
+    if not isinstance(conninfo, str) or not conninfo.strip():
+        raise ConfigurationError(
+            "conninfo must be a non-empty libpq URL/DSN string or a psycopg_pool pool"
+        )
+    try:
+        params = psycopg.conninfo.conninfo_to_dict(conninfo)
+    except psycopg.Error:
+        # libpq's parse errors quote the DSN, password included: never chain them.
+        raise ConfigurationError(
+            "the database DSN cannot be parsed (not shown: it may contain a password)"
+        ) from None
+    merged = {**TCP_DEFAULTS, **{key: value for key, value in params.items() if value is not None}}
+    password = params.get("password")
+    return Conninfo(
+        dsn=psycopg.conninfo.make_conninfo("", **merged),
+        password=str(password) if password else None,
+    )
+
+
+def env(name: str) -> str | None:
+    """An environment variable, with an empty value counting as unset."""
+    value = os.environ.get(name, "").strip()
+    return value or None
+
+
+def dsn_from_env(dsn: str | None) -> str:
+    """The DSN to use: `dsn`, else GMAIL_TOKEN_STORE_DSN, else DATABASE_URL."""
+    found = dsn or env("GMAIL_TOKEN_STORE_DSN") or env("DATABASE_URL")
+    if not found:
+        raise ConfigurationError(
+            "no database configured: set GMAIL_TOKEN_STORE_DSN (or DATABASE_URL) to a "
+            "PostgreSQL URL such as postgresql://USER:PASSWORD@HOST:5432/main_db"
+        )
+    return found
+
+
+def options_from_env(options: StoreOptions) -> StoreOptions:
+    """`options` with the fallback OAuth client from GOOGLE_CLIENT_ID / _SECRET added."""
+    merged: StoreOptions = {
+        "client_id": env("GOOGLE_CLIENT_ID"),
+        "client_secret": env("GOOGLE_CLIENT_SECRET"),
+    }
+    merged.update(options)
+    return merged

@@ -1,0 +1,94 @@
+"""Which rows may be used, and where a client secret may be sent: decisions, no I/O."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from urllib.parse import urlsplit
+
+from ._record import TokenRecord
+from .exceptions import InvalidTokenRecordError, ReauthRequiredError
+
+_GOOGLE_TOKEN_HOSTS = frozenset(
+    {"oauth2.googleapis.com", "accounts.google.com", "www.googleapis.com"}
+)
+_LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
+
+_NO_CLIENT = (
+    "no OAuth client id/secret (oauth_config, token_data, or GOOGLE_CLIENT_ID / "
+    "GOOGLE_CLIENT_SECRET)"
+)
+
+
+def is_loopback(host: str | None) -> bool:
+    return (host or "").lower() in _LOOPBACK_HOSTS
+
+
+def token_uri_refusal(token_uri: str, allowed_hosts: frozenset[str]) -> str | None:
+    """Return why `token_uri` must not receive a client secret, or None when it may.
+
+    https on Google's token hosts or an allowed host; http or https on loopback for
+    emulators and tests. A tampered row must not be able to send the secret elsewhere.
+    """
+    try:
+        parts = urlsplit(token_uri)
+        host = (parts.hostname or "").lower()
+        parts.port  # noqa: B018 - raises ValueError for a malformed port
+    except ValueError:
+        return "token_uri is not a valid URL"
+    if parts.scheme == "https" and (host in _GOOGLE_TOKEN_HOSTS or host in allowed_hosts):
+        return None
+    if parts.scheme in ("http", "https") and host in _LOOPBACK_HOSTS:
+        return None
+    return (
+        f"token_uri host {host or '(none)'!r} over {parts.scheme or '(no scheme)'} is not allowed "
+        "(Google's token hosts over https, loopback, or allowed_token_hosts)"
+    )
+
+
+class TokenUriPolicy:
+    """`token_uri_refusal` for one store's allowed hosts, remembering verdicts (bounded)."""
+
+    def __init__(self, allowed_hosts: Iterable[str]) -> None:
+        self.allowed_hosts = frozenset(host.lower() for host in allowed_hosts)
+        self._verdicts: dict[str, str | None] = {}
+
+    def refusal(self, token_uri: str) -> str | None:
+        # Rows share a handful of token URIs; a dict lookup beats parsing a URL per read.
+        verdicts = self._verdicts
+        try:
+            return verdicts[token_uri]
+        except KeyError:
+            if len(verdicts) > 1000:
+                verdicts.clear()
+            verdict = verdicts[token_uri] = token_uri_refusal(token_uri, self.allowed_hosts)
+            return verdict
+
+
+def unusable_because(
+    record: TokenRecord, policy: TokenUriPolicy, *, refreshing: bool = True
+) -> str | None:
+    """Why the row cannot be used (or, with `refreshing`, refreshed), or None.
+
+    A refused token_uri makes a row unusable even while its token is fresh: a tampered row
+    is not served. A missing OAuth client only matters for a refresh.
+    """
+    if record.problem:
+        return record.problem
+    refusal = policy.refusal(record.token_uri)
+    if refusal:
+        return refusal
+    if refreshing and record.refresh_token and not record.has_client:
+        return _NO_CLIENT
+    return None
+
+
+def raise_if_unusable(
+    record: TokenRecord, policy: TokenUriPolicy, *, refreshing: bool = True
+) -> None:
+    """Raise the error that says who must act, if the row cannot be used (or refreshed)."""
+    problem = unusable_because(record, policy, refreshing=refreshing)
+    if problem:
+        raise InvalidTokenRecordError(record.user_id, record.email, problem)
+    reason = record.reauth_reason
+    if reason:
+        raise ReauthRequiredError(record.user_id, record.email, reason)

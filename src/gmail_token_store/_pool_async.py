@@ -1,0 +1,219 @@
+"""The async store's connections: the same small pool as `_pool`, for coroutines.
+
+Connections are opened by the coroutine that needs one (bounded by `connect_timeout`), so
+errors come back at once with their cause and recovery after an outage is immediate; see
+`_pool` for why psycopg_pool's own AsyncConnectionPool is not used for the store's own
+connections. A psycopg AsyncConnection waits on its socket in whichever event loop drives
+it, so the pool's connections are not tied to one loop; its state is guarded by a thread
+lock held for a few dictionary operations (never across an await).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import os
+import threading
+import time
+from collections import deque
+from typing import Any
+
+import psycopg
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from ._db_errors import connect_error
+from ._options import Conninfo
+from ._pool import MAX_IDLE, MAX_LIFETIME
+from .exceptions import ConfigurationError, DatabaseUnavailableError
+
+AsyncConnection = psycopg.AsyncConnection[tuple[Any, ...]]
+_IDLE = psycopg.pq.TransactionStatus.IDLE
+
+
+class AsyncPool:
+    """At most `max_size` autocommit AsyncConnections."""
+
+    def __init__(
+        self,
+        conninfo: Conninfo,
+        *,
+        max_size: int,
+        connect_timeout: float,
+        prepare_threshold: int | None,
+    ) -> None:
+        self._conninfo = conninfo
+        self._max_size = max_size
+        self._connect_timeout = connect_timeout
+        self._prepare_threshold = prepare_threshold
+        self._lock = threading.Lock()
+        self._idle: list[tuple[AsyncConnection, float]] = []  # (conn, returned at)
+        self._opened: dict[int, float] = {}
+        self._size = 0
+        self._closed = False
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    async def getconn(self) -> AsyncConnection:
+        deadline = time.monotonic() + self._connect_timeout
+        while True:
+            with self._lock:
+                if self._closed:
+                    raise DatabaseUnavailableError("this store is closed")
+                conn, stale = self._take_idle()
+                grow = conn is None and self._size < self._max_size
+                waiter: asyncio.Future[None] | None = None
+                if grow:
+                    self._size += 1
+                elif conn is None:
+                    waiter = asyncio.get_running_loop().create_future()
+                    self._waiters.append(waiter)
+            for old in stale:
+                await _close_quietly(old)
+            if conn is not None:
+                return conn
+            if waiter is None:
+                return await self._connect(deadline)
+            await self._wait(waiter, deadline)
+
+    def _take_idle(self) -> tuple[AsyncConnection | None, list[AsyncConnection]]:
+        """The most recently used idle connection still young enough, and the stale ones."""
+        now = time.monotonic()
+        stale: list[AsyncConnection] = []
+        while self._idle:
+            candidate, returned = self._idle.pop()
+            opened = self._opened.get(id(candidate), 0.0)
+            if now - returned < MAX_IDLE and now - opened < MAX_LIFETIME:
+                return candidate, stale
+            stale.append(candidate)
+            self._forget(candidate)
+        return None, stale
+
+    async def _wait(self, waiter: asyncio.Future[None], deadline: float) -> None:
+        try:
+            await asyncio.wait_for(waiter, max(deadline - time.monotonic(), 0.0))
+        except TimeoutError:
+            raise DatabaseUnavailableError(
+                f"all {self._max_size} database connections of this store stayed busy "
+                f"for {self._connect_timeout:g} s; retry later (or raise max_connections)"
+            ) from None
+        finally:
+            with self._lock:
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+
+    async def _connect(self, deadline: float) -> AsyncConnection:
+        timeout = max(deadline - time.monotonic(), 0.0)
+        try:
+            conn = await psycopg.AsyncConnection.connect(
+                self._conninfo.dsn,
+                autocommit=True,
+                prepare_threshold=self._prepare_threshold,
+                connect_timeout=max(2, math.ceil(timeout)),
+            )
+        except BaseException as exc:
+            with self._lock:
+                self._size -= 1
+                self._wake_one()
+            if isinstance(exc, psycopg.Error):
+                raise connect_error(
+                    exc, timeout=self._connect_timeout, password=self._conninfo.password
+                ) from None
+            raise
+        with self._lock:
+            self._opened[id(conn)] = time.monotonic()
+        return conn
+
+    async def putconn(self, conn: AsyncConnection) -> None:
+        healthy = not conn.closed and not conn.broken and conn.info.transaction_status is _IDLE
+        with self._lock:
+            if healthy and not self._closed:
+                self._idle.append((conn, time.monotonic()))
+                self._wake_one()
+                return
+            self._forget(conn)
+            self._wake_one()
+        await _close_quietly(conn)
+
+    async def discard(self, conn: AsyncConnection) -> None:
+        """Close a failed connection; if it broke, close the idle ones too (see `_pool`)."""
+        broken = conn.broken or conn.closed
+        with self._lock:
+            self._forget(conn)
+            dropped = [idle for idle, _ in self._idle] if broken else []
+            if broken:
+                for idle in dropped:
+                    self._forget(idle)
+                self._idle.clear()
+            self._wake_one()
+        for other in [conn, *dropped]:
+            await _close_quietly(other)
+
+    def _forget(self, conn: AsyncConnection) -> None:
+        if self._opened.pop(id(conn), None) is not None:
+            self._size -= 1
+
+    def _wake_one(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.get_loop().call_soon_threadsafe(_set_if_pending, waiter)
+                return
+
+    async def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+            for conn, _ in idle:
+                self._forget(conn)
+            waiters, self._waiters = list(self._waiters), deque()
+        for waiter in waiters:
+            waiter.get_loop().call_soon_threadsafe(_set_if_pending, waiter)
+        for conn, _ in idle:
+            await _close_quietly(conn)
+
+
+def _set_if_pending(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+async def _close_quietly(conn: AsyncConnection) -> None:
+    # Closing a dead connection may fail; it is gone either way.
+    with contextlib.suppress(Exception):
+        await conn.close()
+
+
+class AsyncPoolAdapter:
+    """A psycopg_pool.AsyncConnectionPool the service owns (see `_pool.PoolAdapter`)."""
+
+    def __init__(self, pool: AsyncConnectionPool[Any], *, connect_timeout: float) -> None:
+        self._pool = pool
+        self._connect_timeout = connect_timeout
+        self._pid = os.getpid()
+
+    async def getconn(self) -> AsyncConnection:
+        if os.getpid() != self._pid:
+            raise ConfigurationError(
+                "the psycopg_pool pool given to this store was opened before os.fork(); "
+                "open the pool (and the store) in each worker process after the fork"
+            )
+        try:
+            conn: AsyncConnection = await self._pool.getconn(timeout=self._connect_timeout)
+        except PoolTimeout as exc:
+            raise DatabaseUnavailableError(
+                f"no database connection from the service's pool within "
+                f"{self._connect_timeout:g} s; retry later"
+            ) from exc
+        return conn
+
+    async def putconn(self, conn: AsyncConnection) -> None:
+        await self._pool.putconn(conn)
+
+    async def discard(self, conn: AsyncConnection) -> None:
+        await _close_quietly(conn)
+        await self._pool.putconn(conn)
+        if conn.broken:
+            await self._pool.check()
+
+    async def close(self) -> None:
+        """The service owns the pool: nothing to do."""

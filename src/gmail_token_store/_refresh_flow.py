@@ -1,0 +1,367 @@
+"""The locked refresh, written once: lock, re-check, request, write-back, late save.
+
+Both stores drive these generators (see `_effects`). The order, and why:
+
+1. Lock the row (`_sql.lock_row`): one round trip opens the transaction, sets its
+   timeouts and takes `FOR NO KEY UPDATE` (or only tries it, SKIP LOCKED, in the advisory
+   window). A connection that broke before the lock is retried once: nothing was sent yet.
+2. Write a kept grant first if the row is older than it (see `_kept`): the refresh must
+   use the newest refresh token this process knows.
+3. Re-check under the lock: a caller that waited finds the token somebody else refreshed.
+4. The token request (`_exchange`), with the lock held, so exactly one request is made.
+5. From the answer on, the grant is kept in memory, then written under the lock and
+   committed. If that fails (the connection dropped, the session timed out, the database
+   went away, an interrupt arrived), it is written by compare-and-set on a fresh
+   connection, or stays kept until the database answers again. An interrupt still
+   reaches its own thread, after the grant is secured.
+6. `invalid_grant` is recorded in the row (committed) before ReauthRequiredError is
+   raised, so every process stops trying a dead grant at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from ._core import Core
+from ._db_errors import ConnectionLost, LockWaitTimeout
+from ._effects import (
+    Commit,
+    Emit,
+    Execute,
+    Flow,
+    Forget,
+    LocalClock,
+    LockRow,
+    Log,
+    Query,
+    ReadClock,
+    RowRead,
+)
+from ._exchange import EndpointError, Grant, exchange
+from ._kept import KeptGrant, Verdict, verdict
+from ._policy import raise_if_unusable
+from ._record import TokenRecord, from_epoch, utc_naive
+from ._row_writes import (
+    UnwritableError,
+    expiry_param,
+    metadata_with_failure,
+    metadata_without_failure,
+    optional_json,
+    refreshed_token_data,
+    to_json,
+)
+from ._sql import (
+    READ_ROW,
+    RECORD_FAILURE,
+    WRITE_GRANT,
+    WRITE_GRANT_IF_VERSION,
+    lock_row,
+)
+from .exceptions import (
+    DatabaseUnavailableError,
+    InvalidTokenRecordError,
+    OAuthClientError,
+    ReauthRequiredError,
+    RefreshFailedError,
+    TokenNotFoundError,
+    TokenStoreError,
+    describe_user,
+)
+
+#: Decides, under the lock, whether the row (as it is now) still needs a refresh.
+Need = Callable[[TokenRecord, float], bool]
+
+
+def locked_refresh(
+    core: Core, seen: TokenRecord, need: Need, lock_wait: float | None
+) -> Flow[TokenRecord]:
+    """Refresh `seen`'s row under its lock unless `need(row, db_now)` says otherwise.
+
+    `lock_wait`: seconds to wait for the lock; None only tries it, and then `seen` comes
+    back at once if another transaction holds it.
+    """
+    started: LocalClock = yield ReadClock()
+    locked = yield from _lock(core, seen, lock_wait, started.monotonic)
+    if locked is None:
+        return seen  # locked by a refresher elsewhere: the current token stays in use
+    record, db_now = locked
+
+    kept = core.kept.get(record.user_id)
+    if kept is not None and verdict(kept, record) is Verdict.WRITE:
+        # The row is older than a grant we hold: write ours first, never refresh with a
+        # refresh token the endpoint may have revoked. Then start over on the new row.
+        rows = yield Execute(WRITE_GRANT, grant_params(core, record, kept), user_id=record.user_id)
+        yield Commit()
+        core.kept.saved(record.user_id, kept.access_token)
+        restored = core.parse(rows[0])
+        yield _restored(restored, started.monotonic)
+        if not need(restored, db_now):
+            return restored
+        return (yield from locked_refresh(core, restored, need, lock_wait))
+
+    if not need(record, db_now):
+        yield Commit()
+        return record  # refreshed by someone else while we waited
+    raise_if_unusable(record, core.policy)
+    _raise_if_unwritable(record)
+    grant = yield from _request(core, record, started.monotonic)
+    answered: LocalClock = yield ReadClock()
+    kept = _keep(core, record, grant, answered)  # from here on, the grant must not be lost
+    return (yield from _write_back(core, record, kept, started.monotonic))
+
+
+def _lock(
+    core: Core, seen: TokenRecord, lock_wait: float | None, started: float
+) -> Flow[tuple[TokenRecord, float] | None]:
+    """Open the transaction and lock the row: (the row, the database's time), or None when
+    only trying and another transaction holds it."""
+    uid, email = seen.user_id, seen.email
+    statement = lock_row(
+        uid,
+        wait_ms=None if lock_wait is None else int(lock_wait * 1000),
+        idle_timeout_ms=int(core.windows.idle_in_transaction_timeout * 1000),
+    )
+    for attempt in (1, 2):
+        try:
+            locked: RowRead = yield LockRow(uid, statement)
+            break
+        except ConnectionLost as lost:
+            if attempt == 2:
+                raise
+            # Nothing was sent to the token endpoint yet: safe to run again.
+            yield Log(logging.INFO, f"database connection lost ({lost}); retrying once")
+        except LockWaitTimeout:
+            yield Emit("lock_timeout", uid, email, started, error="lock_timeout")
+            raise RefreshFailedError(
+                uid, email, f"another process held the row lock for more than {lock_wait or 0:g} s"
+            ) from None
+    if locked.row is None or locked.clock is None:
+        if lock_wait is None:
+            return None
+        raise TokenNotFoundError(uid)
+    core.clock.observe(locked.clock)
+    core.expiry_has_time_zone = locked.expiry_has_time_zone
+    return core.parse(locked.row), locked.clock.db_now
+
+
+def _request(core: Core, record: TokenRecord, started: float) -> Flow[Grant]:
+    """The token request, with the lock held; a dead grant is recorded before raising."""
+    # raise_if_unusable guaranteed these; the asserts narrow the types.
+    assert record.refresh_token  # noqa: S101
+    assert record.client_id  # noqa: S101
+    assert record.client_secret  # noqa: S101
+    try:
+        return (
+            yield from exchange(
+                record.token_uri,
+                record.refresh_token,
+                record.client_id,
+                record.client_secret,
+                http_timeout=core.settings.http_timeout,
+            )
+        )
+    except EndpointError as exc:
+        if exc.kind == "revoked":
+            raise (yield from _record_revocation(core, record, exc, started)) from None
+        yield Emit("refresh_failed", record.user_id, record.email, started, error=exc.error)
+        raise _endpoint_failure(record, exc) from None
+
+
+def _write_back(
+    core: Core, record: TokenRecord, kept: KeptGrant, started: float
+) -> Flow[TokenRecord]:
+    """Write the kept grant under the lock and commit; if that fails, secure it elsewhere.
+
+    An interrupt or an error an operator must see is raised once the grant is secured; a
+    lost database hands the new token out (saved late, or kept until it can be).
+    """
+    uid, email = record.user_id, record.email
+    try:
+        rows = yield Execute(WRITE_GRANT, grant_params(core, record, kept), user_id=uid)
+        yield Commit()
+    except GeneratorExit:
+        raise  # the flow is being discarded, not driven: nothing can be done here
+    except BaseException as exc:
+        saved = yield from save_kept(core, uid, email, started, reason=_why(exc))
+        if not isinstance(exc, DatabaseUnavailableError):
+            raise
+        return saved if saved is not None else in_memory(record, kept)
+    core.kept.saved(uid, kept.access_token)
+    updated = core.parse(rows[0])
+    yield Emit(
+        "refreshed",
+        uid,
+        email,
+        started,
+        message=f"refreshed the Gmail token of {describe_user(uid, email)}; it expires "
+        f"{updated.expiry} UTC",
+    )
+    return updated
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, TokenStoreError):
+        return str(exc)
+    return type(exc).__name__
+
+
+def _keep(core: Core, record: TokenRecord, grant: Grant, answered: LocalClock) -> KeptGrant:
+    """Keep a fresh grant, pending; its expiry counted on the database's clock."""
+    assert record.refresh_token  # noqa: S101 - a refresh needs one
+    kept = KeptGrant(
+        user_id=record.user_id,
+        row_id=record.row_id,
+        access_token=grant.access_token,
+        refresh_token=grant.rotated_refresh_token or record.refresh_token,
+        replaced_refresh_token=record.refresh_token,
+        expiry_epoch=core.clock.db_now(answered.wall) + grant.expires_in,
+        scopes=grant.scopes,
+        pending=True,
+        kept_at=answered.monotonic,
+    )
+    core.kept.keep(kept, answered.monotonic)
+    return kept
+
+
+def grant_params(core: Core, record: TokenRecord, kept: KeptGrant) -> list[Any]:
+    """Parameters of WRITE_GRANT (WRITE_GRANT_IF_VERSION takes id and version first)."""
+    cleaned_metadata = metadata_without_failure(record)
+    return [
+        to_json(refreshed_token_data(record, kept.access_token, kept.refresh_token)),
+        expiry_param(from_epoch(kept.expiry_epoch), core.expiry_has_time_zone),
+        optional_json(list(kept.scopes) if kept.scopes is not None else None),
+        cleaned_metadata is not None,
+        optional_json(cleaned_metadata),
+        record.row_id,
+    ]
+
+
+def _raise_if_unwritable(record: TokenRecord) -> None:
+    # Checked before the token request: a grant that could not be written would be lost.
+    try:
+        to_json(record.token_data)
+        optional_json(record.metadata)
+    except UnwritableError as exc:
+        raise InvalidTokenRecordError(record.user_id, record.email, str(exc)) from None
+
+
+def in_memory(record: TokenRecord, kept: KeptGrant) -> TokenRecord:
+    """The record as it would be with the kept grant written: what is handed out unsaved."""
+    return dataclasses.replace(
+        record,
+        access_token=kept.access_token,
+        refresh_token=kept.refresh_token,
+        expiry=from_epoch(kept.expiry_epoch),
+        expiry_epoch=kept.expiry_epoch,
+    )
+
+
+def _restored(record: TokenRecord, started: float) -> Emit:
+    return Emit(
+        "grant_restored",
+        record.user_id,
+        record.email,
+        started,
+        message=f"wrote the kept Gmail grant of {describe_user(record.user_id, record.email)} "
+        "into its row (the row did not hold it)",
+    )
+
+
+def save_kept(  # noqa: PLR0911 - one return per outcome, each commented
+    core: Core, user_id: str, email: str | None, started: float, *, reason: str
+) -> Flow[TokenRecord | None]:
+    """Write the user's kept grant if the row is older than it, by compare-and-set.
+
+    Returns the row as written (or as found holding the grant), or None when the grant
+    stays kept (the database did not answer) or was superseded by a newer writer. Never
+    raises a store error: it runs while another error or an interrupt is on its way.
+    """
+    for _ in range(3):
+        kept = core.kept.get(user_id)
+        if kept is None:
+            return None
+        try:
+            rows = yield Query(READ_ROW, (user_id,), user_id=user_id)
+            if not rows:
+                core.kept.forget(user_id, kept.access_token)
+                yield Log(
+                    logging.WARNING, f"the row of user {user_id} is gone; its kept grant is dropped"
+                )
+                return None
+            record = core.parse(rows[0])
+            found = verdict(kept, record)
+            if found is Verdict.IN_ROW:
+                core.kept.saved(user_id, kept.access_token)
+                return record
+            if found is Verdict.SUPERSEDED:
+                core.kept.forget(user_id, kept.access_token)
+                return None
+            rows = yield Query(
+                WRITE_GRANT_IF_VERSION,
+                [record.row_id, record.version, *grant_params(core, record, kept)[:-1]],
+                user_id=user_id,
+            )
+        except TokenStoreError as exc:
+            yield Emit(
+                "grant_kept",
+                user_id,
+                email,
+                started,
+                error="unsaved",
+                level=logging.WARNING,
+                message=f"refreshed the Gmail token of {describe_user(user_id, email)} but could "
+                "not save it yet "
+                f"({reason}; then {exc}); it is kept in memory and written when the database "
+                "answers again",
+            )
+            return None
+        if rows:
+            core.kept.saved(user_id, kept.access_token)
+            restored = core.parse(rows[0])
+            yield _restored(restored, started)
+            return restored
+    return None  # the row kept changing under us; the grant stays kept for the next try
+
+
+def _record_revocation(
+    core: Core, record: TokenRecord, exc: EndpointError, started: float
+) -> Flow[ReauthRequiredError]:
+    now: LocalClock = yield ReadClock()
+    metadata = metadata_with_failure(
+        record, exc.error, exc.description, utc_naive(from_epoch(core.clock.db_now(now.wall)))
+    )
+    try:
+        if metadata is not None:
+            yield Execute(RECORD_FAILURE, (to_json(metadata), record.row_id))
+        yield Commit()
+    except DatabaseUnavailableError as lost:  # the grant is dead all the same
+        yield Log(
+            logging.WARNING, f"could not record the dead grant of user {record.user_id}: {lost}"
+        )
+    yield Forget(record.user_id)
+    detail = f" ({exc.description})" if exc.description else ""
+    error = ReauthRequiredError(
+        record.user_id, record.email, f"the token endpoint answered {exc.error}{detail}"
+    )
+    yield Emit(
+        "reauth_required",
+        record.user_id,
+        record.email,
+        started,
+        error=exc.error,
+        level=logging.WARNING,
+        message=str(error),
+    )
+    return error
+
+
+def _endpoint_failure(record: TokenRecord, exc: EndpointError) -> TokenStoreError:
+    if exc.kind == "client":
+        return OAuthClientError(record.user_id, record.email, exc.error, exc.description)
+    detail = f" ({exc.description})" if exc.description else ""
+    return RefreshFailedError(
+        record.user_id, record.email, exc.error + detail, retryable=exc.kind == "transient"
+    )

@@ -1,0 +1,133 @@
+"""What the library writes into a row: strict, whatever the row held before.
+
+Objects, never JSON text; naive-UTC expiries; the access token under the key it was read
+from; every key and column we do not own left alone.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from ._record import FAILURE_KEY, GOOGLE_TOKEN_URI, TokenRecord, fingerprint, utc_naive
+
+
+class UnwritableError(ValueError):
+    """A value read from the row cannot be written back as JSON (nested too deeply)."""
+
+
+def to_json(value: Any) -> str:
+    """Encode a column value as JSON text for a `%s::jsonb` parameter."""
+    try:
+        return json.dumps(value, separators=(",", ":"))
+    except (RecursionError, ValueError):
+        raise UnwritableError("a JSON column is nested too deeply to be written back") from None
+
+
+def optional_json(value: Any) -> str | None:
+    return None if value is None else to_json(value)
+
+
+def expiry_param(expiry: datetime, column_has_time_zone: bool) -> datetime:
+    """The expiry to bind for the row's `expiry` column.
+
+    A naive value bound to a timestamptz column would be read in the session's time zone,
+    so a timestamptz column gets an aware UTC value and a timestamp column a naive one.
+    """
+    return expiry.replace(tzinfo=UTC) if column_has_time_zone else expiry
+
+
+def refreshed_token_data(
+    record: TokenRecord, access_token: str, refresh_token: str | None
+) -> dict[str, Any]:
+    """Return token_data with the new access token under the key it was read from."""
+    data = dict(record.token_data)
+    data[record.access_token_key] = access_token
+    if refresh_token:
+        data["refresh_token"] = refresh_token
+    return data
+
+
+def metadata_with_failure(
+    record: TokenRecord, error: str, description: str, at: datetime
+) -> dict[str, Any] | None:
+    """Return metadata recording a permanent failure, or None when metadata is unreadable."""
+    if record.metadata is None or not record.refresh_token:
+        return None
+    data = dict(record.metadata)
+    data[FAILURE_KEY] = {
+        "error": error,
+        "description": description,
+        "at": at.isoformat(timespec="seconds") + "Z",
+        "refresh_token_fingerprint": fingerprint(record.refresh_token),
+    }
+    return data
+
+
+def metadata_without_failure(record: TokenRecord) -> dict[str, Any] | None:
+    """Return metadata without a recorded failure, or None when there is nothing to remove."""
+    if not record.metadata or FAILURE_KEY not in record.metadata:
+        return None
+    return {key: value for key, value in record.metadata.items() if key != FAILURE_KEY}
+
+
+@dataclass(frozen=True, slots=True)
+class GrantColumns:
+    """The column values `save()` writes for a grant, in the production layout."""
+
+    token_data: dict[str, Any] = field(repr=False)
+    oauth_config: dict[str, Any] | None = field(repr=False)
+    scopes: list[str] | None
+    expiry: datetime | None
+    metadata: dict[str, Any]
+
+
+def grant_columns(
+    *,
+    existing: TokenRecord | None,
+    access_token: str | None,
+    refresh_token: str | None,
+    client_id: str | None,
+    client_secret: str | None,
+    token_uri: str | None,
+    scopes: Sequence[str] | None,
+    expiry: datetime | None,
+    email: str | None,
+    metadata: Mapping[str, Any] | None,
+) -> GrantColumns:
+    """Merge a new grant into an existing row's values (or start a new row).
+
+    token_data keeps keys we do not own but drops the legacy `token` key so that only one
+    access token is stored; metadata keeps every key, takes `metadata` and `email` on top,
+    and loses any recorded refresh failure.
+    """
+    token_data = dict(existing.token_data) if existing else {}
+    token_data.pop("token", None)
+    token_data["access_token"] = access_token
+    if refresh_token:
+        token_data["refresh_token"] = refresh_token
+    token_data.setdefault("token_type", "Bearer")
+
+    oauth_config: dict[str, Any] | None = None
+    if client_id and client_secret:
+        oauth_config = {
+            "client_id": client_id,
+            "client_secret": client_secret,
+            "token_uri": token_uri or GOOGLE_TOKEN_URI,
+        }
+
+    merged_meta = dict(existing.metadata or {}) if existing else {}
+    merged_meta.update(metadata or {})
+    if email:
+        merged_meta["email"] = email
+    merged_meta.pop(FAILURE_KEY, None)
+    return GrantColumns(
+        token_data=token_data,
+        oauth_config=oauth_config,
+        scopes=list(scopes) if scopes is not None else None,
+        expiry=utc_naive(expiry) if expiry is not None else None,
+        metadata=merged_meta,
+    )
