@@ -8,18 +8,18 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import psycopg
 import pytest
 from psycopg.types.json import Jsonb
-from psycopg_pool import ConnectionPool
+from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from gmail_token_store import GMAIL_SEND, TokenStore
 from gmail_token_store._sql import CREATE_TABLE
 from gmail_token_store.testing import FakeTokenEndpoint, PostgresServer, throwaway_postgresql
 
-from helpers import StatementCounter
+from helpers import AsyncFacade, StatementCounter
 
 GMAIL_READONLY = "https://www.googleapis.com/auth/gmail.readonly"
 CLIENT_ID = "seed-client-id.apps.googleusercontent.com"
@@ -52,22 +52,37 @@ def endpoint() -> Iterator[FakeTokenEndpoint]:
         yield fake
 
 
+@pytest.fixture(params=["sync", "async"])
+def store_kind(request: pytest.FixtureRequest) -> str:
+    """Which store a behavioural test runs against: TokenStore, or AsyncTokenStore through
+    `helpers.AsyncFacade`. Every test that uses `store` or `make_store` runs for both."""
+    kind: str = request.param
+    return kind
+
+
 @pytest.fixture
-def make_store(dsn: str) -> Iterator[Callable[..., TokenStore]]:
-    """Build TokenStores on the test's table (no cache unless asked); all closed afterwards."""
-    stores: list[TokenStore] = []
+def make_store(dsn: str, store_kind: str) -> Iterator[Callable[..., TokenStore]]:
+    """Build stores of the test's kind on its table (no cache unless asked); all closed
+    afterwards. For the async kind the result is an AsyncFacade, typed as a TokenStore:
+    it has the same methods, run on its own event loop."""
+    stores: list[TokenStore | AsyncFacade] = []
 
     def make(**options: Any) -> TokenStore:
         options.setdefault("cache_ttl", 0)
         options.setdefault("http_timeout", 2.0)
         options.setdefault("lock_timeout", 5.0)
-        store = TokenStore(options.pop("conninfo", dsn), **options)
+        conninfo = options.pop("conninfo", dsn)
+        store = (
+            TokenStore(conninfo, **options)
+            if store_kind == "sync"
+            else AsyncFacade(conninfo, **options)
+        )
         stores.append(store)
-        return store
+        return cast(TokenStore, store)
 
     yield make
     for store in stores:
-        store.close()
+        store.shutdown() if isinstance(store, AsyncFacade) else store.close()
 
 
 @pytest.fixture
@@ -77,22 +92,46 @@ def store(make_store: Callable[..., TokenStore]) -> TokenStore:
 
 @pytest.fixture
 def traced_store(
-    dsn: str, make_store: Callable[..., TokenStore]
+    dsn: str, store_kind: str, make_store: Callable[..., TokenStore]
 ) -> Iterator[tuple[TokenStore, StatementCounter]]:
-    """A store on a one-connection pool of ours whose protocol messages are recorded."""
+    """A store on a one-connection psycopg_pool pool (the service's own, as a service may
+    pass one in) whose protocol messages are recorded."""
     counter = StatementCounter()
-    pool: ConnectionPool[Any] = ConnectionPool(
-        dsn,
-        min_size=1,
-        max_size=1,
-        kwargs={"autocommit": True},
-        configure=counter.attach,
-        open=True,
-    )
+    if store_kind == "sync":
+        pool: ConnectionPool[Any] = ConnectionPool(
+            dsn,
+            min_size=1,
+            max_size=1,
+            kwargs={"autocommit": True},
+            configure=counter.attach,
+            open=True,
+        )
+        try:
+            yield make_store(conninfo=pool), counter
+        finally:
+            pool.close()
+            counter.close()
+        return
+    pools: list[AsyncConnectionPool[Any]] = []
+
+    async def attach(conn: Any) -> None:
+        counter.attach(conn)
+
+    async def open_pool() -> AsyncConnectionPool[Any]:
+        pool = AsyncConnectionPool(
+            dsn, min_size=1, max_size=1, kwargs={"autocommit": True}, configure=attach, open=False
+        )
+        await pool.open()
+        pools.append(pool)
+        return pool
+
+    store = make_store(conninfo=open_pool)
     try:
-        yield make_store(conninfo=pool), counter
+        yield store, counter
     finally:
-        pool.close()
+        facade = cast(AsyncFacade, store)
+        for opened in pools:
+            facade.call(opened.close())
         counter.close()
 
 

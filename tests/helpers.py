@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import psycopg
 
-from gmail_token_store import testing
+from gmail_token_store import AsyncTokenStore, testing
 
 T = TypeVar("T")
 
@@ -81,3 +82,83 @@ class StatementCounter:
 
     def close(self) -> None:
         self.file.close()
+
+
+class AsyncFacade:
+    """An AsyncTokenStore driven from sync test code: each call runs on the facade's own
+    event loop (in its own thread), so every behavioural test runs against both stores.
+
+    Credentials it hands out refresh from the calling thread through that loop: the way an
+    asyncio service's googleapiclient calls (in a worker thread) refresh them.
+    """
+
+    def __init__(self, conninfo: Any, **options: Any) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self.loop.run_forever, name="facade-loop", daemon=True
+        )
+        self._thread.start()
+        self.store: AsyncTokenStore = self.call(_build(conninfo, options))
+
+    def call(self, awaitable: Awaitable[T], timeout: float = 120) -> T:
+        return asyncio.run_coroutine_threadsafe(_awaited(awaitable), self.loop).result(timeout)
+
+    def get_credentials(self, user_id: Any, **kwargs: Any) -> Any:
+        return self.call(self.store.get_credentials(user_id, **kwargs))
+
+    def refresh(self, user_id: Any, **kwargs: Any) -> Any:
+        return self.call(self.store.refresh(user_id, **kwargs))
+
+    def check(self, user_id: Any) -> Any:
+        return self.call(self.store.check(user_id))
+
+    def check_all(self) -> Any:
+        return self.call(self.store.check_all())
+
+    def refresh_all(self, **kwargs: Any) -> Any:
+        return self.call(self.store.refresh_all(**kwargs))
+
+    def save(self, user_id: Any, credentials: Any, **kwargs: Any) -> None:
+        self.call(self.store.save(user_id, credentials, **kwargs))
+
+    def create_table(self) -> bool:
+        return self.call(self.store.create_table())
+
+    def invalidate(self, user_id: Any) -> None:
+        self.store.invalidate(user_id)
+
+    def token_uri_problem(self, token_uri: str) -> str | None:
+        return self.store.token_uri_problem(token_uri)
+
+    @property
+    def refresh_margin(self) -> float:
+        return self.store.refresh_margin
+
+    def close(self) -> None:
+        self.call(self.store.aclose())
+
+    def shutdown(self) -> None:
+        """Close the store and end the facade's event loop (the fixture's teardown)."""
+        try:
+            self.close()
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(timeout=10)
+            self.loop.close()
+
+    def __repr__(self) -> str:
+        return repr(self.store)
+
+    def __getattr__(self, name: str) -> Any:
+        """The store's own attributes (tests look at `_cache` and the like)."""
+        return getattr(self.store, name)
+
+
+async def _build(conninfo: Any, options: dict[str, Any]) -> AsyncTokenStore:
+    if callable(conninfo):  # a factory of an AsyncConnectionPool, opened on this loop
+        conninfo = await conninfo()
+    return AsyncTokenStore(conninfo, **options)
+
+
+async def _awaited(awaitable: Awaitable[T]) -> T:
+    return await awaitable
