@@ -11,6 +11,7 @@ ends either through sys.exit (atexit handlers run, the store's included) or os._
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import sys
@@ -80,7 +81,7 @@ def run_sync(order: dict[str, Any], recorder: Recorder, fetch: Callable[[str], s
     def worker(offset: int) -> None:
         for i in range(order["calls"]):
             user = users[(offset + i) % len(users)]
-            recorder.call(user, lambda user=user: fetch(user))
+            recorder.call(user, functools.partial(fetch, user))
 
     threads = [threading.Thread(target=worker, args=(n,)) for n in range(order["threads"])]
     for thread in threads:
@@ -153,7 +154,7 @@ def main() -> None:
         else:
             while not stop.is_set():
                 for user in order["users"]:
-                    parent.call(user, lambda user=user: fetch(user))
+                    parent.call(user, functools.partial(fetch, user))
 
     server = threading.Thread(target=serve_in_parent)
     server.start()
@@ -177,7 +178,8 @@ def main() -> None:
     stop.set()
     server.join(timeout=60)
     parent.flush()
-    print(json.dumps({"children": [os.waitstatus_to_exitcode(s) for s in statuses]}))
+    sys.stdout.write(json.dumps({"children": [os.waitstatus_to_exitcode(s) for s in statuses]}))
+    sys.stdout.write("\n")
     sys.stdout.flush()
     os._exit(0)
 
