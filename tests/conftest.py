@@ -19,12 +19,11 @@ from gmail_token_store import GMAIL_SEND, TokenStore
 from gmail_token_store._sql import CREATE_TABLE
 from gmail_token_store.testing import FakeTokenEndpoint, PostgresServer, throwaway_postgresql
 
-from helpers import AsyncFacade, StatementCounter
+from helpers import CLIENT_SECRET as CLIENT_SECRET  # noqa: PLC0414 - re-exported for the tests
+from helpers import AsyncFacade, Cli, StatementCounter
 
 GMAIL_READONLY = "https://www.googleapis.com/auth/gmail.readonly"
 CLIENT_ID = "seed-client-id.apps.googleusercontent.com"
-#: Distinctive secrets, so that a test can search any output for them.
-CLIENT_SECRET = "seed-client-secret-" + "S" * 16
 
 
 def utcnow() -> datetime:
@@ -205,3 +204,11 @@ def fetch_row(dsn: str) -> Callable[[str], dict[str, Any]]:
             }
 
     return fetch
+
+
+@pytest.fixture
+def cli(dsn: str, endpoint: FakeTokenEndpoint) -> Iterator[Cli]:
+    """The gmail-token-store command on the test's table; fails the test on a leaked secret."""
+    runner = Cli(dsn)
+    yield runner
+    assert runner.leaked(endpoint) == [], "a secret reached the command's output"

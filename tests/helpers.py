@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -13,8 +16,14 @@ from typing import Any, TypeVar
 import psycopg
 
 from gmail_token_store import AsyncTokenStore, testing
+from gmail_token_store.testing import FakeTokenEndpoint
 
 T = TypeVar("T")
+
+#: A password in the DSN the CLI tests give the command: it must never show.
+DSN_PASSWORD = "cli-dsn-password-" + "Q" * 8
+SCRIPT = shutil.which("gmail-token-store", path=os.path.dirname(sys.executable))
+CLIENT_SECRET = "seed-client-secret-" + "S" * 16
 
 
 def wait_until(condition: Callable[[], bool], timeout: float = 20.0) -> None:
@@ -154,6 +163,13 @@ class AsyncFacade:
         return getattr(self.store, name)
 
 
+def idle_connections(store: Any) -> list[Any]:
+    """The idle connections in a store's own pool (a TokenStore or an AsyncFacade)."""
+    if isinstance(store, AsyncFacade):
+        return [conn for conn, _returned in store.store._pool._idle]  # type: ignore[union-attr]
+    return [entry.conn for entry in store._resources.pool._idle]
+
+
 async def _build(conninfo: Any, options: dict[str, Any]) -> AsyncTokenStore:
     if callable(conninfo):  # a factory of an AsyncConnectionPool, opened on this loop
         conninfo = await conninfo()
@@ -162,3 +178,40 @@ async def _build(conninfo: Any, options: dict[str, Any]) -> AsyncTokenStore:
 
 async def _awaited(awaitable: Awaitable[T]) -> T:
     return await awaitable
+
+
+class Cli:
+    """Runs the console script with the DSN (password included) in its environment."""
+
+    def __init__(self, dsn: str) -> None:
+        assert SCRIPT is not None, "the gmail-token-store script is not installed in this venv"
+        self.dsn = dsn.replace("postgres@", f"postgres:{DSN_PASSWORD}@")
+        self.outputs: list[str] = []
+        self.secrets: set[str] = {CLIENT_SECRET, DSN_PASSWORD}
+
+    def env(self) -> dict[str, str]:
+        env = {
+            k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "GOOGLE_CLIENT_SECRET")
+        }
+        env["GMAIL_TOKEN_STORE_DSN"] = self.dsn
+        return env
+
+    def __call__(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        assert SCRIPT is not None
+        result = subprocess.run(
+            [SCRIPT, *args],
+            capture_output=True,
+            text=True,
+            env=self.env(),
+            timeout=timeout,
+            check=False,
+        )
+        self.outputs += [result.stdout, result.stderr]
+        return result
+
+    def leaked(self, endpoint: FakeTokenEndpoint) -> list[str]:
+        secrets = set(self.secrets)
+        for request in endpoint.requests:
+            secrets |= {t for t in (request.issued_access_token, request.refresh_token) if t}
+        text = "\n".join(self.outputs)
+        return sorted(secret for secret in secrets if secret in text)

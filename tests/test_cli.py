@@ -5,12 +5,10 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -25,9 +23,8 @@ from gmail_token_store import GMAIL_SEND
 from gmail_token_store.testing import FakeTokenEndpoint, Reply
 
 from conftest import CLIENT_ID, CLIENT_SECRET, GMAIL_READONLY, SeedRow, utcnow
+from helpers import DSN_PASSWORD, SCRIPT, Cli
 
-DSN_PASSWORD = "cli-dsn-password-" + "Q" * 8
-SCRIPT = shutil.which("gmail-token-store", path=os.path.dirname(sys.executable))
 SEED_COLUMNS = [
     ("id", "integer", "NO", "nextval('gmail_token_id_seq'::regclass)"),
     ("user_id", "uuid", "NO", None),
@@ -42,50 +39,6 @@ SEED_COLUMNS = [
     ("created_at", "timestamp without time zone", "YES", "CURRENT_TIMESTAMP"),
     ("updated_at", "timestamp without time zone", "YES", "CURRENT_TIMESTAMP"),
 ]
-
-
-class Cli:
-    """Runs the console script with the DSN (password included) in its environment."""
-
-    def __init__(self, dsn: str) -> None:
-        assert SCRIPT is not None, "the gmail-token-store script is not installed in this venv"
-        self.dsn = dsn.replace("postgres@", f"postgres:{DSN_PASSWORD}@")
-        self.outputs: list[str] = []
-        self.secrets: set[str] = {CLIENT_SECRET, DSN_PASSWORD}
-
-    def env(self) -> dict[str, str]:
-        env = {
-            k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "GOOGLE_CLIENT_SECRET")
-        }
-        env["GMAIL_TOKEN_STORE_DSN"] = self.dsn
-        return env
-
-    def __call__(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        assert SCRIPT is not None
-        result = subprocess.run(
-            [SCRIPT, *args],
-            capture_output=True,
-            text=True,
-            env=self.env(),
-            timeout=timeout,
-            check=False,
-        )
-        self.outputs += [result.stdout, result.stderr]
-        return result
-
-    def leaked(self, endpoint: FakeTokenEndpoint) -> list[str]:
-        secrets = set(self.secrets)
-        for request in endpoint.requests:
-            secrets |= {t for t in (request.issued_access_token, request.refresh_token) if t}
-        text = "\n".join(self.outputs)
-        return sorted(secret for secret in secrets if secret in text)
-
-
-@pytest.fixture
-def cli(dsn: str, endpoint: FakeTokenEndpoint) -> Iterator[Cli]:
-    runner = Cli(dsn)
-    yield runner
-    assert runner.leaked(endpoint) == [], "a secret reached the command's output"
 
 
 def seeded(cli: Cli, seed: SeedRow, **columns: Any) -> str:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 
 import pytest
 
-from gmail_token_store import TokenStore
+from gmail_token_store import DatabaseUnavailableError, TokenStore
 from gmail_token_store.testing import (
     FakeTokenEndpoint,
     PgBouncerServer,
@@ -95,3 +96,22 @@ def test_next_call_after_a_postgresql_restart_succeeds(
     postgres.restart()
     assert store.get_credentials(due.user_id).valid  # the refresh path retries too
     assert len(endpoint.refresh_requests()) == 1
+
+
+def test_first_call_once_postgresql_accepts_again_succeeds_whatever_the_outage(
+    postgres: PostgresServer, make_store: Callable[..., TokenStore], seed: SeedRow
+) -> None:
+    store = make_store(connect_timeout=1)
+    row = seed(expires_in=3000)
+    assert store.get_credentials(row.user_id).token == row.access_token
+    postgres.stop_serving()
+    try:
+        for _ in range(3):  # the outage outlasts connect_timeout, several times over
+            with pytest.raises(DatabaseUnavailableError) as caught:
+                store.get_credentials(row.user_id)
+            assert caught.value.retryable
+            time.sleep(0.5)
+    finally:
+        postgres.start_serving()  # returns once the server accepts connections
+    # No reconnect backoff stands between the server accepting and the next call.
+    assert store.get_credentials(row.user_id).token == row.access_token

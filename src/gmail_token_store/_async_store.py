@@ -382,7 +382,7 @@ class AsyncTokenStore:
         except BaseException as exc:
             await pool.discard(conn)
             if isinstance(exc, psycopg.Error):
-                raise database_error(exc, READ_ROW) from exc
+                raise database_error(exc, READ_ROW.privilege) from exc
             raise
         await pool.putconn(conn)
         clock = ClockSample(row[-1], sent, received) if row is not None else None
@@ -401,7 +401,7 @@ class AsyncTokenStore:
         except BaseException as exc:
             await pool.discard(conn)
             if isinstance(exc, psycopg.Error):
-                raise database_error(exc, effect.statement) from exc
+                raise database_error(exc, effect.statement.privilege) from exc
             raise
         await pool.putconn(conn)
         return rows
@@ -425,7 +425,7 @@ class AsyncTokenStore:
         except BaseException as exc:
             await self._end_abandoned(tx)
             if isinstance(exc, psycopg.Error):
-                raise database_error(exc, None) from exc
+                raise database_error(exc, effect.privilege) from exc
             raise
         clock = ClockSample(row[-1], sent, received) if row is not None else None
         return RowRead(row, clock, has_tz)
@@ -441,7 +441,7 @@ class AsyncTokenStore:
         except BaseException as exc:
             await self._end_abandoned(tx)
             if isinstance(exc, psycopg.Error):
-                raise database_error(exc, effect.statement) from exc
+                raise database_error(exc, effect.statement.privilege) from exc
             raise
         return rows
 
@@ -454,7 +454,7 @@ class AsyncTokenStore:
         except BaseException as exc:
             await self._end_abandoned(tx)
             if isinstance(exc, psycopg.Error):
-                raise database_error(exc, None) from exc
+                raise database_error(exc) from exc
             raise
         tx.conn = None
         await pool.putconn(conn)

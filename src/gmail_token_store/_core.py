@@ -40,6 +40,9 @@ class Core:
         self.expiry_has_time_zone = False
         #: Monotonic time before which pending kept grants are not tried again.
         self.next_flush = 0.0
+        #: A kept grant could not be written because the database did not answer: the
+        #: next successful read lifts `next_flush` (see `_flows.flush_kept`).
+        self.kept_waits_for_database = False
 
     def parse(self, row: Sequence[Any]) -> TokenRecord:
         return parse_row(row, fallback_client=self.fallback_client)
@@ -48,3 +51,4 @@ class Core:
         """In a child process: the parent keeps its own grants (see `KeptGrants`)."""
         self.kept.after_fork()
         self.next_flush = 0.0
+        self.kept_waits_for_database = False

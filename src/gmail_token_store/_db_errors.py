@@ -22,7 +22,7 @@ import psycopg
 import psycopg.errors
 
 from ._escape import printable
-from ._sql import TABLE, Statement
+from ._sql import TABLE
 from .exceptions import ConfigurationError, DatabaseUnavailableError, TokenStoreError
 
 
@@ -65,8 +65,9 @@ def _summary(exc: BaseException) -> str:
     return printable(f"{type(exc).__name__}: {first}" if first else type(exc).__name__, 160)
 
 
-def database_error(exc: psycopg.Error, statement: Statement | None = None) -> TokenStoreError:
-    """Return the error to raise for a psycopg error raised by `statement` (or by commit)."""
+def database_error(exc: psycopg.Error, privilege: str | None = None) -> TokenStoreError:
+    """Return the error to raise for a psycopg error raised by a statement that needs
+    `privilege` on the table (None: a commit, or unknown)."""
     if isinstance(exc, psycopg.errors.LockNotAvailable):
         return LockWaitTimeout("the row lock was not granted in time")
     if isinstance(exc, psycopg.errors.UndefinedTable):
@@ -81,7 +82,7 @@ def database_error(exc: psycopg.Error, statement: Statement | None = None) -> To
             "production schema (see `gmail-token-store init-db`)"
         )
     if isinstance(exc, psycopg.errors.InsufficientPrivilege):
-        privilege = statement.privilege if statement is not None else "SELECT, INSERT, UPDATE"
+        privilege = privilege or "SELECT, INSERT, UPDATE"
         return ConfigurationError(
             f"the database role may not do this on {TABLE}: it needs the {privilege} "
             f"privilege (GRANT {privilege} ON {TABLE} TO <role>)"
@@ -168,3 +169,15 @@ def expect_user(row: tuple[object, ...] | None, user_id: str | None) -> None:
     """Raise WrongRowError if `row` (selected with `_sql.COLUMNS`) is not `user_id`'s."""
     if row is not None and user_id is not None and row[1] != user_id:
         raise WrongRowError(user_id)
+
+
+def drop_traceback(exc: BaseException) -> None:
+    """Forget where a failed connection attempt was raised.
+
+    The frames of psycopg's connect() hold libpq's half-open connection: kept alive by a
+    traceback (until garbage collection), its socket goes on retrying its SYN, and once a
+    partition heals the server forks a backend for it that blocks its shutdown.
+    """
+    while exc is not None:
+        exc.__traceback__ = None
+        exc = exc.__context__  # type: ignore[assignment]

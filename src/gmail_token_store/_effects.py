@@ -73,6 +73,8 @@ class LockRow:
 
     user_id: str
     statement: sql.Composed
+    #: What the lock needs (named in a permission error): `FOR NO KEY UPDATE` needs UPDATE.
+    privilege: str = "SELECT, UPDATE"
 
 
 @dataclass(frozen=True, slots=True)

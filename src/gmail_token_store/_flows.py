@@ -51,9 +51,6 @@ from .exceptions import (
     describe_user,
 )
 
-#: Pending kept grants are tried at most this often (seconds) while the database fails.
-_FLUSH_INTERVAL = 1.0
-
 
 def db_now(core: Core) -> Flow[float]:
     """The database's time now, by this host's clock and the learnt offset."""
@@ -76,6 +73,9 @@ def read_row(core: Core, user_id: str) -> Flow[tuple[TokenRecord, float]]:
         raise TokenNotFoundError(user_id)
     clock: ClockSample = read.clock
     core.clock.observe(clock)
+    if core.kept_waits_for_database:
+        core.kept_waits_for_database = False
+        core.next_flush = 0.0  # the database answers again: write kept grants now
     record = core.parse(read.row)
     kept = core.kept.get(user_id)
     if kept is not None:
@@ -153,6 +153,8 @@ def refresh(
     A failed refresh raises even while the old token is valid: the caller asked for one.
     """
     seen, read_at = yield from read_row(core, user_id)
+    # A broken or refused row is reported even while its token is fresh.
+    raise_if_unusable(seen, core.policy, refreshing=False)
     windows = core.windows
     need: Need
     if unless_written_since is not None:
@@ -237,11 +239,15 @@ def refresh_shared(
 
 
 def flush_kept(core: Core) -> Flow[None]:
-    """Write every pending kept grant the row does not hold yet (at most once a second)."""
+    """Write every pending kept grant the row does not hold yet.
+
+    After a write failed because the database did not answer, not again before the next
+    read succeeds or `_FLUSH_INTERVAL` has passed: callers do not each wait for a dead
+    database twice.
+    """
     now: LocalClock = yield ReadClock()
     if now.monotonic < core.next_flush:
         return
-    core.next_flush = now.monotonic + _FLUSH_INTERVAL
     for kept in core.kept.pending():
         yield from save_kept(core, kept.user_id, None, now.monotonic, reason="kept earlier")
 

@@ -23,9 +23,9 @@ from typing import Any
 import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from ._db_errors import connect_error
+from ._db_errors import connect_error, drop_traceback
 from ._options import Conninfo
-from .exceptions import ConfigurationError, DatabaseUnavailableError
+from .exceptions import ConfigurationError, DatabaseUnavailableError, TokenStoreError
 
 Connection = psycopg.Connection[tuple[Any, ...]]
 _IDLE = psycopg.pq.TransactionStatus.IDLE
@@ -106,6 +106,7 @@ class Pool:
 
     def _connect(self, deadline: float) -> Connection:
         timeout = max(deadline - self._clock(), 0.0)
+        failure: TokenStoreError | None = None
         try:
             conn = psycopg.Connection.connect(
                 self._conninfo.dsn,
@@ -114,18 +115,25 @@ class Pool:
                 # libpq counts whole seconds, at least 2.
                 connect_timeout=max(2, math.ceil(timeout)),
             )
-        except BaseException as exc:
-            with self._ready:
-                self._size -= 1
-                self._ready.notify()
-            if isinstance(exc, psycopg.Error):
-                raise connect_error(
-                    exc, timeout=self._connect_timeout, password=self._conninfo.password
-                ) from None
+        except psycopg.Error as exc:
+            failure = connect_error(
+                exc, timeout=self._connect_timeout, password=self._conninfo.password
+            )
+            drop_traceback(exc)
+        except BaseException:
+            self._give_back_slot()
             raise
+        if failure is not None:  # raised here, not in the except: nothing chains to libpq's error
+            self._give_back_slot()
+            raise failure
         with self._ready:
             self._opened[id(conn)] = self._clock()
         return conn
+
+    def _give_back_slot(self) -> None:
+        with self._ready:
+            self._size -= 1
+            self._ready.notify()
 
     def putconn(self, conn: Connection) -> None:
         """Give a connection back: kept if it is healthy and idle, closed otherwise."""

@@ -22,10 +22,10 @@ from typing import Any
 import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from ._db_errors import connect_error
+from ._db_errors import connect_error, drop_traceback
 from ._options import Conninfo
 from ._pool import MAX_IDLE, MAX_LIFETIME
-from .exceptions import ConfigurationError, DatabaseUnavailableError
+from .exceptions import ConfigurationError, DatabaseUnavailableError, TokenStoreError
 
 AsyncConnection = psycopg.AsyncConnection[tuple[Any, ...]]
 _IDLE = psycopg.pq.TransactionStatus.IDLE
@@ -103,6 +103,7 @@ class AsyncPool:
 
     async def _connect(self, deadline: float) -> AsyncConnection:
         timeout = max(deadline - time.monotonic(), 0.0)
+        failure: TokenStoreError | None = None
         try:
             conn = await psycopg.AsyncConnection.connect(
                 self._conninfo.dsn,
@@ -110,18 +111,25 @@ class AsyncPool:
                 prepare_threshold=self._prepare_threshold,
                 connect_timeout=max(2, math.ceil(timeout)),
             )
-        except BaseException as exc:
-            with self._lock:
-                self._size -= 1
-                self._wake_one()
-            if isinstance(exc, psycopg.Error):
-                raise connect_error(
-                    exc, timeout=self._connect_timeout, password=self._conninfo.password
-                ) from None
+        except psycopg.Error as exc:
+            failure = connect_error(
+                exc, timeout=self._connect_timeout, password=self._conninfo.password
+            )
+            drop_traceback(exc)
+        except BaseException:
+            self._give_back_slot()
             raise
+        if failure is not None:  # see _pool.Pool._connect
+            self._give_back_slot()
+            raise failure
         with self._lock:
             self._opened[id(conn)] = time.monotonic()
         return conn
+
+    def _give_back_slot(self) -> None:
+        with self._lock:
+            self._size -= 1
+            self._wake_one()
 
     async def putconn(self, conn: AsyncConnection) -> None:
         healthy = not conn.closed and not conn.broken and conn.info.transaction_status is _IDLE

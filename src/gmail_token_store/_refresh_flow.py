@@ -71,6 +71,11 @@ from .exceptions import (
     describe_user,
 )
 
+#: After a kept grant could not be written, pending grants are not tried again for this
+#: long (seconds), unless a read succeeds first: callers do not each wait for a dead
+#: database twice.
+FLUSH_INTERVAL = 1.0
+
 #: Decides, under the lock, whether the row (as it is now) still needs a refresh.
 Need = Callable[[TokenRecord, float], bool]
 
@@ -305,6 +310,9 @@ def save_kept(  # noqa: PLR0911 - one return per outcome, each commented
                 user_id=user_id,
             )
         except TokenStoreError as exc:
+            failed_at: LocalClock = yield ReadClock()
+            core.next_flush = failed_at.monotonic + FLUSH_INTERVAL
+            core.kept_waits_for_database = True
             yield Emit(
                 "grant_kept",
                 user_id,
@@ -323,7 +331,10 @@ def save_kept(  # noqa: PLR0911 - one return per outcome, each commented
             restored = core.parse(rows[0])
             yield _restored(restored, started)
             return restored
-    return None  # the row kept changing under us; the grant stays kept for the next try
+    # The row kept changing, or another transaction holds it: try again a little later.
+    busy: LocalClock = yield ReadClock()
+    core.next_flush = busy.monotonic + FLUSH_INTERVAL
+    return None
 
 
 def _record_revocation(

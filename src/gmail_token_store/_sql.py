@@ -61,7 +61,8 @@ REFRESH_PRIVILEGE = "SELECT, UPDATE"
 
 
 def lock_row(user_id: str, *, wait_ms: int | None, idle_timeout_ms: int) -> sql.Composed:
-    """BEGIN, transaction-local timeouts and the row lock, to be sent as one simple query.
+    """Transaction-local timeouts and the row lock, sent as one simple query after BEGIN
+    (which the store adds on an autocommit connection; psycopg begins on any other).
 
     `wait_ms=None` only tries the lock (SKIP LOCKED: no row comes back if another
     transaction holds it). Nothing here is a bound parameter, so nothing secret may go in:
@@ -74,7 +75,7 @@ def lock_row(user_id: str, *, wait_ms: int | None, idle_timeout_ms: int) -> sql.
         f" set_config('idle_in_transaction_session_timeout', '{idle_timeout_ms}ms', true)"
     )
     lock = _LOCK_ROW if wait_ms is not None else _LOCK_ROW + " SKIP LOCKED"
-    return sql.SQL("BEGIN; " + timeouts + "; " + lock).format(sql.Literal(user_id))
+    return sql.SQL(timeouts + "; " + lock).format(sql.Literal(user_id))
 
 
 _RETURNING = f" RETURNING {COLUMNS}, {_DB_CLOCK}"

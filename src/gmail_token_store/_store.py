@@ -438,7 +438,7 @@ class TokenStore:
         except BaseException as exc:
             pool.discard(conn)
             if isinstance(exc, psycopg.Error):
-                raise database_error(exc, READ_ROW) from exc
+                raise database_error(exc, READ_ROW.privilege) from exc
             raise
         pool.putconn(conn)
         clock = ClockSample(row[-1], sent, received) if row is not None else None
@@ -457,7 +457,7 @@ class TokenStore:
         except BaseException as exc:
             pool.discard(conn)
             if isinstance(exc, psycopg.Error):
-                raise database_error(exc, effect.statement) from exc
+                raise database_error(exc, effect.statement.privilege) from exc
             raise
         pool.putconn(conn)
         return rows
@@ -482,7 +482,7 @@ class TokenStore:
         except BaseException as exc:
             self._end_abandoned(tx)
             if isinstance(exc, psycopg.Error):
-                raise database_error(exc, None) from exc
+                raise database_error(exc, effect.privilege) from exc
             raise
         clock = ClockSample(row[-1], sent, received) if row is not None else None
         return RowRead(row, clock, has_tz)
@@ -498,7 +498,7 @@ class TokenStore:
         except BaseException as exc:
             self._end_abandoned(tx)
             if isinstance(exc, psycopg.Error):
-                raise database_error(exc, effect.statement) from exc
+                raise database_error(exc, effect.statement.privilege) from exc
             raise
         return rows
 
@@ -510,7 +510,7 @@ class TokenStore:
         except BaseException as exc:
             self._end_abandoned(tx)
             if isinstance(exc, psycopg.Error):
-                raise database_error(exc, None) from exc
+                raise database_error(exc) from exc
             raise
         tx.conn = None
         assert tx.pool is not None  # noqa: S101

@@ -59,6 +59,8 @@ class TokenRequest:
     reply: Reply
     received_at: float
     issued_access_token: str | None = field(default=None, repr=False)
+    #: The rotated refresh token sent back, when rotation is on.
+    issued_refresh_token: str | None = field(default=None, repr=False)
 
 
 class FakeTokenEndpoint:
@@ -241,6 +243,7 @@ class FakeTokenEndpoint:
         elif reply is Reply.OK and grant_type != "refresh_token":
             reply = Reply.UNAUTHORIZED_CLIENT
         issued = None
+        body: dict[str, Any] = {}
         if reply is Reply.OK:
             issued = "ya29.fake-" + secrets.token_urlsafe(24)
             body = self._success_body(issued, grant_type, code_scopes, refresh_token)
@@ -266,6 +269,7 @@ class FakeTokenEndpoint:
                     reply=reply,
                     received_at=time.time(),
                     issued_access_token=issued,
+                    issued_refresh_token=body.get("refresh_token") if issued else None,
                 )
             )
         if reply is Reply.HANG:

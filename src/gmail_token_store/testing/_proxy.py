@@ -155,8 +155,12 @@ class FaultProxy:
                 if not readable:
                     continue
                 client, _ = self._listener.accept()
+            except (OSError, ValueError):
+                continue
+            try:
                 server = socket.create_connection(self.target, timeout=5)
             except OSError:
+                client.close()  # nothing to forward to: the client sees the connection end
                 continue
             server.settimeout(None)
             for sock in (client, server):

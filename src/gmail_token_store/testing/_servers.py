@@ -139,7 +139,7 @@ class PostgresServer:
 
     def stop(self) -> None:
         try:
-            self._server.stop()
+            self._server.stop(signal.SIGINT)  # fast shutdown: clients are disconnected
         finally:
             shutil.rmtree(self.base_dir, ignore_errors=True)
 
