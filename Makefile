@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test check bench clean
+.PHONY: demo test check bench clean system-packages
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,6 +13,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
+	@sh scripts/system-packages.sh postgresql
 	$(BIN)/python examples/demo.py
 
 check: $(STAMP)
@@ -20,7 +21,12 @@ check: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: check
+# PostgreSQL, PgBouncer, faketime, iptables, iproute2: installed when missing (as root), else
+# the exact apt-get command is printed.
+system-packages:
+	@sh scripts/system-packages.sh
+
+test: system-packages check
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)
@@ -28,6 +34,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/herd.py
 	$(BIN)/python benchmarks/refresh_all.py
 	$(BIN)/python benchmarks/cache_memory.py
+	$(BIN)/python benchmarks/recovery.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
