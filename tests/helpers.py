@@ -166,8 +166,8 @@ class AsyncFacade:
 def idle_connections(store: Any) -> list[Any]:
     """The idle connections in a store's own pool (a TokenStore or an AsyncFacade)."""
     if isinstance(store, AsyncFacade):
-        return [conn for conn, _returned in store.store._pool._idle]  # type: ignore[union-attr]
-    return [entry.conn for entry in store._resources.pool._idle]
+        return [conn for conn, _returned in store.store._io._pool._idle]  # type: ignore[union-attr]
+    return [entry.conn for entry in store._io._resources.pool._idle]
 
 
 async def _build(conninfo: Any, options: dict[str, Any]) -> AsyncTokenStore:

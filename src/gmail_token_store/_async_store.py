@@ -2,93 +2,40 @@
 
 psycopg's AsyncConnection for the database, httpx's AsyncClient for the token endpoint: a
 refresh never blocks the event loop and never takes a thread. Everything the store decides
-is in `_flows` / `_refresh_flow`, shared with the sync store; this class only performs
-effects (`_effects`) and hands out Credentials.
+is in `_flows` / `_refresh_flow`, shared with the sync store; `AsyncIO` performs their
+effects, and this class hands out Credentials and keeps the cache.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
-import threading
 import time
 import uuid
-import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, TypeVar, Unpack
 
-import httpx
 import psycopg
 from google.oauth2.credentials import Credentials
-from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
 from . import _flows, _fork
 from ._async_handout import AsyncRefresher
+from ._async_io import AsyncIO
 from ._cache import CredentialsCache
 from ._core import Core
-from ._db_errors import database_error, expect_user
-from ._effects import (
-    ClockSample,
-    Commit,
-    Emit,
-    Execute,
-    Flow,
-    Forget,
-    HttpAnswer,
-    LocalClock,
-    LockRow,
-    Log,
-    PostForm,
-    Query,
-    ReadClock,
-    ReadRow,
-    RowRead,
-    Shared,
-    Sleep,
-)
-from ._events import announce, logger
-from ._exchange import unreachable
-from ._flight import AsyncSingleFlight
+from ._db_errors import database_error
+from ._effects import Flow
+from ._events import logger
 from ._handout import hand_out
 from ._keepalive import KeepaliveReport, refresh_all_async
 from ._options import StoreOptions, conninfo_from, dsn_from_env, options_from_env, settings_from
-from ._pool_async import AsyncConnection, AsyncPool, AsyncPoolAdapter
 from ._record import TokenRecord
 from ._results import RefreshResult, TokenStatus
-from ._sql import EXPIRY_COLUMN, READ_ROW
-from ._store_common import check_save_input, refresh_result, timestamptz_column
+from ._store_common import check_save_input, refresh_result
 from ._user_id import parse_user_id
 from .exceptions import TokenStoreError
 
 T = TypeVar("T")
-_IDLE = psycopg.pq.TransactionStatus.IDLE
-_ROLLBACK_OK = frozenset(
-    {psycopg.pq.TransactionStatus.INTRANS, psycopg.pq.TransactionStatus.INERROR}
-)
-
-
-class _LoopResources:
-    """What the store uses inside one event loop: its HTTP client and single flight.
-
-    The HTTP client keeps no idle connections: a kept-alive socket belongs to the loop that
-    opened it, and a store may outlive a loop (a new asyncio.run, a forked worker).
-    """
-
-    def __init__(self, max_connections: int) -> None:
-        self.http = httpx.AsyncClient(
-            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=0),
-            follow_redirects=False,
-        )
-        self.flights: AsyncSingleFlight[Any] = AsyncSingleFlight()
-
-
-class _Transaction:
-    __slots__ = ("conn", "pool")
-
-    def __init__(self) -> None:
-        self.conn: AsyncConnection | None = None
-        self.pool: AsyncPool | AsyncPoolAdapter | None = None
 
 
 class AsyncTokenStore:
@@ -105,36 +52,17 @@ class AsyncTokenStore:
         self, conninfo: str | AsyncConnectionPool[Any], /, **options: Unpack[StoreOptions]
     ) -> None:
         self._settings = settings = settings_from(options)
-        self._external_pool = conninfo if isinstance(conninfo, AsyncConnectionPool) else None
-        self._conninfo = None if self._external_pool is not None else conninfo_from(conninfo)
         self._core = Core(settings)
         self._cache = (
             CredentialsCache(ttl=settings.cache_ttl, max_entries=settings.cache_size)
             if settings.cache_ttl
             else None
         )
-        self._prepare: bool | None = False if settings.prepare_threshold is None else None
-        self._pool: AsyncPool | AsyncPoolAdapter | None = None
-        self._pid = os.getpid()
-        self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopResources] = (
-            weakref.WeakKeyDictionary()
+        self._io = AsyncIO(
+            settings,
+            conninfo if isinstance(conninfo, AsyncConnectionPool) else conninfo_from(conninfo),
+            self._cache,
         )
-        self._lock = threading.Lock()
-        self._closed = False
-        self._handlers: dict[type, Callable[[Any, _Transaction], Any]] = {
-            ReadRow: self._read_row,
-            Query: self._query,
-            LockRow: self._lock_row,
-            Execute: self._execute,
-            Commit: self._commit,
-            PostForm: self._post_form,
-            ReadClock: _read_clock,
-            Sleep: lambda effect, _tx: asyncio.sleep(effect.seconds),
-            Emit: self._emit,
-            Log: _log,
-            Forget: self._forget,
-            Shared: self._shared,
-        }
         self._refresher = AsyncRefresher(self._adopt_or_refresh, settings.windows)
         _fork.register(self._after_fork_in_child)
 
@@ -147,24 +75,18 @@ class AsyncTokenStore:
 
     async def aclose(self) -> None:
         """Write kept grants if the database answers, then close the store's connections."""
-        if self._closed:
+        if self._io.closed:
             return
-        if self._core.kept.pending_count and self._pool is not None:
+        if self._core.kept.pending_count and self._io.opened:
             self._core.next_flush = 0.0
             await self._flush_kept()
-        self._closed = True
         for user in self._core.kept.pending():
             logger.error(
                 "the refreshed Gmail grant of user %s was never saved (the database did not "
                 "answer) and is lost with this store; the user may have to re-authorize",
                 user.user_id,
             )
-        pool, self._pool = self._pool, None
-        if pool is not None and self._pid == os.getpid():
-            await pool.close()
-        for resources in list(self._loops.values()):
-            await resources.http.aclose()
-        self._loops.clear()
+        await self._io.close()
         if self._cache is not None:
             self._cache.clear()
 
@@ -177,50 +99,20 @@ class AsyncTokenStore:
     def __repr__(self) -> str:
         return (
             f"<AsyncTokenStore refresh_margin={self._settings.refresh_margin} "
-            f"cache={'on' if self._cache else 'off'}{' closed' if self._closed else ''}>"
+            f"cache={'on' if self._cache else 'off'}{' closed' if self._io.closed else ''}>"
         )
 
     @property
     def refresh_margin(self) -> float:
+        """Seconds before expiry from which a token is refreshed."""
         return self._settings.refresh_margin
 
     def _after_fork_in_child(self) -> None:
-        _fork.inherit((self._pool, dict(self._loops)))
-        self._pool = None
-        self._pid = os.getpid()
-        self._loops = weakref.WeakKeyDictionary()
-        self._lock = threading.Lock()
+        self._io.after_fork()
         self._core.after_fork()
         self._refresher.after_fork()
         if self._cache is not None:
             self._cache.after_fork()
-
-    def _io(self) -> tuple[AsyncPool | AsyncPoolAdapter, _LoopResources]:
-        loop = asyncio.get_running_loop()
-        with self._lock:
-            if self._closed:
-                raise TokenStoreError("this AsyncTokenStore is closed")
-            if self._pid != os.getpid():
-                self._after_fork_in_child()  # forked without Python's at-fork hooks
-            pool = self._pool
-            if pool is None:
-                pool = self._pool = self._open_pool()
-            resources = self._loops.get(loop)
-            if resources is None:
-                resources = self._loops[loop] = _LoopResources(self._settings.max_connections)
-        return pool, resources
-
-    def _open_pool(self) -> AsyncPool | AsyncPoolAdapter:
-        settings = self._settings
-        if self._external_pool is not None:
-            return AsyncPoolAdapter(self._external_pool, connect_timeout=settings.connect_timeout)
-        assert self._conninfo is not None  # noqa: S101
-        return AsyncPool(
-            self._conninfo,
-            max_size=settings.max_connections,
-            connect_timeout=settings.connect_timeout,
-            prepare_threshold=settings.prepare_threshold,
-        )
 
     # --- public operations (see TokenStore for the documentation) -------------------------
 
@@ -309,12 +201,14 @@ class AsyncTokenStore:
 
     # --- driving flows -------------------------------------------------------------------
 
+    # --- driving flows -------------------------------------------------------------------
+
     async def _run(self, flow: Flow[T]) -> T:
-        if self._closed:
+        if self._io.closed:
             raise TokenStoreError("this AsyncTokenStore is closed")
         try:
-            result = await self._drive(flow)
-        except psycopg.Error as exc:  # a safety net: the handlers map what they run
+            result = await self._io.drive(flow)
+        except psycopg.Error as exc:  # a safety net: the effects map what they run
             raise database_error(exc) from exc
         if self._core.kept.pending_count:
             await self._flush_kept()
@@ -322,29 +216,9 @@ class AsyncTokenStore:
 
     async def _flush_kept(self) -> None:
         try:
-            await self._drive(_flows.flush_kept(self._core))
+            await self._io.drive(_flows.flush_kept(self._core))
         except (TokenStoreError, psycopg.Error) as exc:
             logger.warning("could not write kept grants yet: %s", exc)
-
-    async def _drive(self, flow: Flow[T]) -> T:
-        """Perform each effect `flow` yields until it returns (see `_effects`)."""
-        tx = _Transaction()
-        handlers = self._handlers
-        try:
-            effect = flow.send(None)
-            while True:
-                try:
-                    result = await handlers[type(effect)](effect, tx)
-                except BaseException as exc:
-                    effect = flow.throw(exc)
-                else:
-                    effect = flow.send(result)
-        except StopIteration as stop:
-            value: T = stop.value
-            return value
-        finally:
-            if tx.conn is not None:
-                await self._end_abandoned(tx)
 
     def _remember(self, record: TokenRecord) -> Credentials:
         core = self._core
@@ -365,152 +239,3 @@ class AsyncTokenStore:
         record = await self._run(_flows.adopt_or_refresh(self._core, user_id, rejected_token))
         self._remember(record)
         return record
-
-    # --- effects: the database -------------------------------------------------------------
-
-    async def _read_row(self, effect: ReadRow, _tx: _Transaction) -> RowRead:
-        pool, _ = self._io()
-        conn = await pool.getconn()
-        try:
-            sent = time.time()
-            cursor = await conn.execute(READ_ROW.text, (effect.user_id,), prepare=self._prepare)
-            row = await cursor.fetchone()
-            received = time.time()
-            expect_user(row, effect.user_id)
-            if conn.info.transaction_status is not _IDLE:
-                await conn.commit()  # a pool handed to us may not be autocommit
-        except BaseException as exc:
-            await pool.discard(conn)
-            if isinstance(exc, psycopg.Error):
-                raise database_error(exc, READ_ROW.privilege) from exc
-            raise
-        await pool.putconn(conn)
-        clock = ClockSample(row[-1], sent, received) if row is not None else None
-        return RowRead(row, clock)
-
-    async def _query(self, effect: Query, _tx: _Transaction) -> list[tuple[Any, ...]]:
-        pool, _ = self._io()
-        conn = await pool.getconn()
-        try:
-            cursor = await conn.execute(effect.statement.text, effect.params, prepare=self._prepare)
-            rows = await cursor.fetchall() if cursor.description is not None else []
-            for row in rows:
-                expect_user(row, effect.user_id)
-            if conn.info.transaction_status is not _IDLE:
-                await conn.commit()
-        except BaseException as exc:
-            await pool.discard(conn)
-            if isinstance(exc, psycopg.Error):
-                raise database_error(exc, effect.statement.privilege) from exc
-            raise
-        await pool.putconn(conn)
-        return rows
-
-    async def _lock_row(self, effect: LockRow, tx: _Transaction) -> RowRead:
-        pool, _ = self._io()
-        tx.pool = pool
-        conn = tx.conn = await pool.getconn()
-        try:
-            statement = (
-                sql.SQL("BEGIN; ") + effect.statement if conn.autocommit else effect.statement
-            )
-            sent = time.time()
-            cursor = await conn.execute(statement, prepare=False)
-            while cursor.nextset():
-                pass
-            row = await cursor.fetchone()
-            received = time.time()
-            expect_user(row, effect.user_id)
-            has_tz = timestamptz_column(cursor.description, EXPIRY_COLUMN)
-        except BaseException as exc:
-            await self._end_abandoned(tx)
-            if isinstance(exc, psycopg.Error):
-                raise database_error(exc, effect.privilege) from exc
-            raise
-        clock = ClockSample(row[-1], sent, received) if row is not None else None
-        return RowRead(row, clock, has_tz)
-
-    async def _execute(self, effect: Execute, tx: _Transaction) -> list[tuple[Any, ...]]:
-        conn = tx.conn
-        assert conn is not None  # noqa: S101 - the flow locked the row first
-        try:
-            cursor = await conn.execute(effect.statement.text, effect.params, prepare=self._prepare)
-            rows = await cursor.fetchall() if cursor.description is not None else []
-            for row in rows:
-                expect_user(row, effect.user_id)
-        except BaseException as exc:
-            await self._end_abandoned(tx)
-            if isinstance(exc, psycopg.Error):
-                raise database_error(exc, effect.statement.privilege) from exc
-            raise
-        return rows
-
-    async def _commit(self, _effect: Commit, tx: _Transaction) -> None:
-        conn, pool = tx.conn, tx.pool
-        assert conn is not None  # noqa: S101 - the flow locked the row first
-        assert pool is not None  # noqa: S101
-        try:
-            await conn.commit()
-        except BaseException as exc:
-            await self._end_abandoned(tx)
-            if isinstance(exc, psycopg.Error):
-                raise database_error(exc) from exc
-            raise
-        tx.conn = None
-        await pool.putconn(conn)
-
-    async def _end_abandoned(self, tx: _Transaction) -> None:
-        """As `TokenStore._end_abandoned`: roll back, or discard a connection that is
-        mid-query (a cancelled call) or broken, which ends its session and lock."""
-        conn, tx.conn = tx.conn, None
-        pool = tx.pool
-        if conn is None or pool is None:
-            return
-        if not conn.broken and conn.info.transaction_status in _ROLLBACK_OK:
-            try:
-                await conn.rollback()
-            except (psycopg.Error, asyncio.CancelledError):
-                await pool.discard(conn)
-                return
-            await pool.putconn(conn)
-            return
-        await pool.discard(conn)
-
-    # --- effects: everything else ----------------------------------------------------------
-
-    async def _post_form(self, effect: PostForm, _tx: _Transaction) -> HttpAnswer:
-        _, resources = self._io()
-        try:
-            async with (
-                asyncio.timeout(effect.timeout),
-                resources.http.stream("POST", effect.url, data=effect.form) as response,
-            ):
-                body = bytearray()
-                async for chunk in response.aiter_bytes():
-                    body += chunk
-                    if len(body) > effect.max_bytes:
-                        break
-                return HttpAnswer(response.status_code, bytes(body))
-        except Exception as exc:  # TimeoutError from asyncio.timeout included
-            raise unreachable(exc) from None
-
-    async def _emit(self, effect: Emit, _tx: _Transaction) -> None:
-        announce(effect, self._settings.on_event, time.monotonic())
-
-    async def _forget(self, effect: Forget, _tx: _Transaction) -> None:
-        if self._cache is not None:
-            self._cache.invalidate(effect.user_id)
-
-    async def _shared(self, effect: Shared, _tx: _Transaction) -> tuple[Any, bool]:
-        _, resources = self._io()
-        return await resources.flights.run(
-            effect.key, lambda: self._drive(effect.flow()), wait=effect.wait
-        )
-
-
-async def _read_clock(_effect: ReadClock, _tx: _Transaction) -> LocalClock:
-    return LocalClock(time.time(), time.monotonic())
-
-
-async def _log(effect: Log, _tx: _Transaction) -> None:
-    logger.log(effect.level, "%s", effect.message)

@@ -1,4 +1,4 @@
-"""TokenStore: the sync shell. It performs the core's effects with psycopg and httpx.
+"""TokenStore: the sync shell. Valid Gmail credentials from the gmail_token table.
 
 Paths, from the common one down:
 
@@ -6,85 +6,39 @@ Paths, from the common one down:
 * hot path: one autocommit `SELECT` by user_id, no lock, no BEGIN/SET/COMMIT;
 * refresh path: `_refresh_flow.locked_refresh`, in one transaction under the row lock.
 
-What to do at each step is decided by the flows in `_flows` / `_refresh_flow`; this class
-only knows how to perform each effect (`_effects`) and how to hand out Credentials.
+What to do at each step is decided by the flows in `_flows` / `_refresh_flow`; `SyncIO`
+performs their effects, and this class hands out Credentials and keeps the cache.
 """
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar, Unpack
 
-import httpx
 import psycopg
 from google.oauth2.credentials import Credentials
-from psycopg import sql
 from psycopg_pool import ConnectionPool
 
 from . import _flows, _fork
 from ._cache import CredentialsCache
 from ._core import Core
-from ._db_errors import database_error, expect_user
-from ._effects import (
-    ClockSample,
-    Commit,
-    Emit,
-    Execute,
-    Flow,
-    Forget,
-    HttpAnswer,
-    LocalClock,
-    LockRow,
-    Log,
-    PostForm,
-    Query,
-    ReadClock,
-    ReadRow,
-    RowRead,
-    Shared,
-    Sleep,
-)
-from ._events import announce, logger
-from ._exchange import unreachable
-from ._flight import SingleFlight
+from ._db_errors import database_error
+from ._effects import Flow
+from ._events import logger
 from ._handout import hand_out
 from ._keepalive import KeepaliveReport, refresh_all
 from ._options import StoreOptions, conninfo_from, dsn_from_env, options_from_env, settings_from
-from ._pool import Connection, Pool, PoolAdapter
 from ._record import TokenRecord
 from ._results import RefreshResult, TokenStatus
-from ._sql import EXPIRY_COLUMN, READ_ROW
-from ._store_common import check_save_input, refresh_result, timestamptz_column
+from ._store_common import check_save_input, refresh_result
+from ._sync_io import SyncIO
 from ._user_id import parse_user_id
 from .exceptions import TokenStoreError
 
 T = TypeVar("T")
-_IDLE = psycopg.pq.TransactionStatus.IDLE
-_HOT_CURSOR = "_gmail_token_store_cursor"
-
-
-class _Resources:
-    """What one process of a store has open: never shared with a forked child."""
-
-    def __init__(self, pool: Pool | PoolAdapter, http: httpx.Client) -> None:
-        self.pid = os.getpid()
-        self.pool = pool
-        self.http = http
-        self.flights: SingleFlight[Any] = SingleFlight()
-
-
-class _Transaction:
-    """The connection a flow's transaction runs on, between LockRow and Commit."""
-
-    __slots__ = ("conn", "pool")
-
-    def __init__(self) -> None:
-        self.conn: Connection | None = None
-        self.pool: Pool | PoolAdapter | None = None
 
 
 class TokenStore:
@@ -104,33 +58,18 @@ class TokenStore:
         self, conninfo: str | ConnectionPool[Any], /, **options: Unpack[StoreOptions]
     ) -> None:
         self._settings = settings = settings_from(options)
-        self._external_pool = conninfo if isinstance(conninfo, ConnectionPool) else None
-        self._conninfo = None if self._external_pool is not None else conninfo_from(conninfo)
         self._core = Core(settings)
         self._cache = (
             CredentialsCache(ttl=settings.cache_ttl, max_entries=settings.cache_size)
             if settings.cache_ttl
             else None
         )
-        # Per-statement override: with a pool we do not own we cannot set the connection's.
-        self._prepare: bool | None = False if settings.prepare_threshold is None else None
-        self._resources: _Resources | None = None
-        self._open_lock = threading.Lock()
-        self._closed = False
-        self._handlers: dict[type, Callable[[Any, _Transaction], Any]] = {
-            ReadRow: self._read_row,
-            Query: self._query,
-            LockRow: self._lock_row,
-            Execute: self._execute,
-            Commit: self._commit,
-            PostForm: self._post_form,
-            ReadClock: _read_clock,
-            Sleep: lambda effect, _tx: time.sleep(effect.seconds),
-            Emit: lambda effect, _tx: announce(effect, settings.on_event, time.monotonic()),
-            Log: lambda effect, _tx: logger.log(effect.level, "%s", effect.message),
-            Forget: self._forget,
-            Shared: self._shared,
-        }
+        self._io = SyncIO(
+            settings,
+            conninfo if isinstance(conninfo, ConnectionPool) else conninfo_from(conninfo),
+            self._cache,
+        )
+        self._closing = threading.Lock()
         _fork.register(self._after_fork_in_child)
 
     @classmethod
@@ -151,24 +90,21 @@ class TokenStore:
     def close(self) -> None:
         """Write kept grants if the database answers, then close the store's connections
         and HTTP client (a pool passed in stays open)."""
-        if self._closed:
-            return
-        if self._core.kept.pending_count and self._resources is not None:
-            self._core.next_flush = 0.0
-            self._flush_kept()
-        self._closed = True
-        for user in self._core.kept.pending():
-            logger.error(
-                "the refreshed Gmail grant of user %s was never saved (the database did not "
-                "answer) and is lost with this store; the user may have to re-authorize",
-                user.user_id,
-            )
-        resources, self._resources = self._resources, None
-        if resources is not None and resources.pid == os.getpid():
-            resources.pool.close()
-            resources.http.close()
-        if self._cache is not None:
-            self._cache.clear()
+        with self._closing:
+            if self._io.closed:
+                return
+            if self._core.kept.pending_count and self._io.opened:
+                self._core.next_flush = 0.0
+                self._flush_kept()
+            for user in self._core.kept.pending():
+                logger.error(
+                    "the refreshed Gmail grant of user %s was never saved (the database did "
+                    "not answer) and is lost with this store; the user may have to re-authorize",
+                    user.user_id,
+                )
+            self._io.close()
+            if self._cache is not None:
+                self._cache.clear()
 
     def __enter__(self) -> TokenStore:
         return self
@@ -179,7 +115,7 @@ class TokenStore:
     def __repr__(self) -> str:
         return (
             f"<TokenStore refresh_margin={self._settings.refresh_margin} "
-            f"cache={'on' if self._cache else 'off'}{' closed' if self._closed else ''}>"
+            f"cache={'on' if self._cache else 'off'}{' closed' if self._io.closed else ''}>"
         )
 
     @property
@@ -189,46 +125,11 @@ class TokenStore:
 
     def _after_fork_in_child(self) -> None:
         # See `_fork`: the parent's connections, HTTP client and flights stay untouched.
-        _fork.inherit(self._resources)
-        self._resources = None
-        self._open_lock = threading.Lock()
+        self._io.after_fork()
+        self._closing = threading.Lock()
         self._core.after_fork()
         if self._cache is not None:
             self._cache.after_fork()
-
-    def _io(self) -> _Resources:
-        resources = self._resources
-        if resources is not None and resources.pid == os.getpid():
-            return resources
-        with self._open_lock:
-            if self._closed:
-                raise TokenStoreError("this TokenStore is closed")
-            resources = self._resources
-            if resources is not None and resources.pid != os.getpid():
-                self._after_fork_in_child()  # forked without Python's at-fork hooks
-                resources = None
-            if resources is None:
-                resources = self._resources = self._open()
-            return resources
-
-    def _open(self) -> _Resources:
-        settings = self._settings
-        pool: Pool | PoolAdapter
-        if self._external_pool is not None:
-            pool = PoolAdapter(self._external_pool, connect_timeout=settings.connect_timeout)
-        else:
-            assert self._conninfo is not None  # noqa: S101 - one of the two is set
-            pool = Pool(
-                self._conninfo,
-                max_size=settings.max_connections,
-                connect_timeout=settings.connect_timeout,
-                prepare_threshold=settings.prepare_threshold,
-            )
-        http = httpx.Client(
-            limits=httpx.Limits(max_connections=settings.max_connections),
-            follow_redirects=False,
-        )
-        return _Resources(pool, http)
 
     # --- public operations ---------------------------------------------------------------
 
@@ -363,12 +264,14 @@ class TokenStore:
 
     # --- driving flows -------------------------------------------------------------------
 
+    # --- driving flows -------------------------------------------------------------------
+
     def _run(self, flow: Flow[T]) -> T:
-        if self._closed:
+        if self._io.closed:
             raise TokenStoreError("this TokenStore is closed")
         try:
-            result = self._drive(flow)
-        except psycopg.Error as exc:  # a safety net: the handlers map what they run
+            result = self._io.drive(flow)
+        except psycopg.Error as exc:  # a safety net: the effects map what they run
             raise database_error(exc) from exc
         if self._core.kept.pending_count:
             self._flush_kept()
@@ -376,29 +279,9 @@ class TokenStore:
 
     def _flush_kept(self) -> None:
         try:
-            self._drive(_flows.flush_kept(self._core))
+            self._io.drive(_flows.flush_kept(self._core))
         except (TokenStoreError, psycopg.Error) as exc:
             logger.warning("could not write kept grants yet: %s", exc)
-
-    def _drive(self, flow: Flow[T]) -> T:
-        """Perform each effect `flow` yields until it returns (see `_effects`)."""
-        tx = _Transaction()
-        handlers = self._handlers
-        try:
-            effect = flow.send(None)
-            while True:
-                try:
-                    result = handlers[type(effect)](effect, tx)
-                except BaseException as exc:
-                    effect = flow.throw(exc)
-                else:
-                    effect = flow.send(result)
-        except StopIteration as stop:
-            value: T = stop.value
-            return value
-        finally:
-            if tx.conn is not None:
-                self._end_abandoned(tx)
 
     def _remember(self, record: TokenRecord) -> Credentials:
         core = self._core
@@ -418,165 +301,3 @@ class TokenStore:
         record = self._run(_flows.adopt_or_refresh(self._core, user_id, rejected_token))
         self._remember(record)
         return record
-
-    # --- effects: the database -------------------------------------------------------------
-
-    def _read_row(self, effect: ReadRow, _tx: _Transaction) -> RowRead:
-        pool = self._io().pool
-        conn = pool.getconn()
-        try:
-            sent = time.time()
-            row = (
-                _hot_cursor(conn)
-                .execute(READ_ROW.text, (effect.user_id,), prepare=self._prepare)
-                .fetchone()
-            )
-            received = time.time()
-            expect_user(row, effect.user_id)
-            if conn.info.transaction_status is not _IDLE:
-                conn.commit()  # a pool handed to us may not be autocommit
-        except BaseException as exc:
-            pool.discard(conn)
-            if isinstance(exc, psycopg.Error):
-                raise database_error(exc, READ_ROW.privilege) from exc
-            raise
-        pool.putconn(conn)
-        clock = ClockSample(row[-1], sent, received) if row is not None else None
-        return RowRead(row, clock)
-
-    def _query(self, effect: Query, _tx: _Transaction) -> list[tuple[Any, ...]]:
-        pool = self._io().pool
-        conn = pool.getconn()
-        try:
-            cursor = conn.execute(effect.statement.text, effect.params, prepare=self._prepare)
-            rows = cursor.fetchall() if cursor.description is not None else []
-            for row in rows:
-                expect_user(row, effect.user_id)
-            if conn.info.transaction_status is not _IDLE:
-                conn.commit()
-        except BaseException as exc:
-            pool.discard(conn)
-            if isinstance(exc, psycopg.Error):
-                raise database_error(exc, effect.statement.privilege) from exc
-            raise
-        pool.putconn(conn)
-        return rows
-
-    def _lock_row(self, effect: LockRow, tx: _Transaction) -> RowRead:
-        pool = tx.pool = self._io().pool
-        conn = tx.conn = pool.getconn()
-        try:
-            # One simple-protocol query: BEGIN (unless psycopg already began one on a
-            # connection that is not autocommit), the timeouts, the lock.
-            statement = (
-                sql.SQL("BEGIN; ") + effect.statement if conn.autocommit else effect.statement
-            )
-            sent = time.time()
-            cursor = conn.execute(statement, prepare=False)
-            while cursor.nextset():  # to the SELECT's result
-                pass
-            row = cursor.fetchone()
-            received = time.time()
-            expect_user(row, effect.user_id)
-            has_tz = timestamptz_column(cursor.description, EXPIRY_COLUMN)
-        except BaseException as exc:
-            self._end_abandoned(tx)
-            if isinstance(exc, psycopg.Error):
-                raise database_error(exc, effect.privilege) from exc
-            raise
-        clock = ClockSample(row[-1], sent, received) if row is not None else None
-        return RowRead(row, clock, has_tz)
-
-    def _execute(self, effect: Execute, tx: _Transaction) -> list[tuple[Any, ...]]:
-        conn = tx.conn
-        assert conn is not None  # noqa: S101 - the flow locked the row first
-        try:
-            cursor = conn.execute(effect.statement.text, effect.params, prepare=self._prepare)
-            rows = cursor.fetchall() if cursor.description is not None else []
-            for row in rows:
-                expect_user(row, effect.user_id)
-        except BaseException as exc:
-            self._end_abandoned(tx)
-            if isinstance(exc, psycopg.Error):
-                raise database_error(exc, effect.statement.privilege) from exc
-            raise
-        return rows
-
-    def _commit(self, _effect: Commit, tx: _Transaction) -> None:
-        conn = tx.conn
-        assert conn is not None  # noqa: S101
-        try:
-            conn.commit()
-        except BaseException as exc:
-            self._end_abandoned(tx)
-            if isinstance(exc, psycopg.Error):
-                raise database_error(exc) from exc
-            raise
-        tx.conn = None
-        assert tx.pool is not None  # noqa: S101
-        tx.pool.putconn(conn)
-
-    def _end_abandoned(self, tx: _Transaction) -> None:
-        """End a transaction the flow left (it raised): roll back, or discard the
-        connection if it is mid-query or broken, which ends the session and its lock."""
-        conn, tx.conn = tx.conn, None
-        pool = tx.pool
-        if conn is None or pool is None:
-            return
-        if not conn.broken and conn.info.transaction_status in _ROLLBACK_OK:
-            try:
-                conn.rollback()
-            except psycopg.Error:
-                pool.discard(conn)
-                return
-            pool.putconn(conn)
-            return
-        pool.discard(conn)
-
-    # --- effects: everything else ----------------------------------------------------------
-
-    def _post_form(self, effect: PostForm, _tx: _Transaction) -> HttpAnswer:
-        try:
-            with self._io().http.stream(
-                "POST", effect.url, data=effect.form, timeout=effect.timeout
-            ) as response:
-                body = bytearray()
-                for chunk in response.iter_bytes():
-                    body += chunk
-                    if len(body) > effect.max_bytes:
-                        break
-                return HttpAnswer(response.status_code, bytes(body))
-        except Exception as exc:
-            raise unreachable(exc) from None
-
-    def _forget(self, effect: Forget, _tx: _Transaction) -> None:
-        if self._cache is not None:
-            self._cache.invalidate(effect.user_id)
-
-    def _shared(self, effect: Shared, _tx: _Transaction) -> tuple[Any, bool]:
-        return self._io().flights.run(
-            effect.key, lambda: self._drive(effect.flow()), wait=effect.wait
-        )
-
-
-_ROLLBACK_OK = frozenset(
-    {psycopg.pq.TransactionStatus.INTRANS, psycopg.pq.TransactionStatus.INERROR}
-)
-
-
-def _read_clock(_effect: ReadClock, _tx: _Transaction) -> LocalClock:
-    return LocalClock(time.time(), time.monotonic())
-
-
-def _hot_cursor(conn: Connection) -> psycopg.Cursor[tuple[Any, ...]]:
-    """The connection's cursor for the hot path, made once per connection.
-
-    `conn.execute()` builds and discards a cursor per call, which costs about a fifth of
-    a loopback round trip. A pooled connection serves one thread at a time, so its cursor
-    does too; it is closed with the connection.
-    """
-    cursor: psycopg.Cursor[tuple[Any, ...]] | None = getattr(conn, _HOT_CURSOR, None)
-    if cursor is None or cursor.closed:
-        cursor = conn.cursor()
-        setattr(conn, _HOT_CURSOR, cursor)
-    return cursor
