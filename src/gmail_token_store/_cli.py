@@ -18,9 +18,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TextIO
 
-from . import GMAIL_SEND, KeepaliveReport, TokenStatus, TokenStore, TokenStoreError, create_table
+from . import GMAIL_SEND, KeepaliveReport, TokenStatus, TokenStore, TokenStoreError
 from ._escape import printable
-from ._options import dsn_from_env
 from ._token_file import TokenFileError, read_token_file
 from ._user_id import parse_user_id
 from .exceptions import describe_user
@@ -85,7 +84,8 @@ def _say_stored(what: str, status: TokenStatus) -> None:
 
 
 def _init_db(args: argparse.Namespace) -> int:
-    created = create_table(dsn_from_env(args.dsn))
+    with _store(args, max_connections=1) as store:
+        created = store.create_table()
     _say("created table gmail_token" if created else "table gmail_token exists; left unchanged")
     return EXIT_OK
 
