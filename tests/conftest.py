@@ -20,7 +20,7 @@ from gmail_token_store._sql import CREATE_TABLE
 from gmail_token_store.testing import FakeTokenEndpoint, PostgresServer, throwaway_postgresql
 
 from helpers import CLIENT_SECRET as CLIENT_SECRET  # noqa: PLC0414 - re-exported for the tests
-from helpers import AsyncFacade, Cli, StatementCounter
+from helpers import AsyncFacade, Cli, FakeGmailApi, StatementCounter
 
 GMAIL_READONLY = "https://www.googleapis.com/auth/gmail.readonly"
 CLIENT_ID = "seed-client-id.apps.googleusercontent.com"
@@ -212,3 +212,10 @@ def cli(dsn: str, endpoint: FakeTokenEndpoint) -> Iterator[Cli]:
     runner = Cli(dsn)
     yield runner
     assert runner.leaked(endpoint) == [], "a secret reached the command's output"
+
+
+@pytest.fixture
+def gmail_api(endpoint: FakeTokenEndpoint) -> Iterator[FakeGmailApi]:
+    api = FakeGmailApi(endpoint)
+    yield api
+    api.close()

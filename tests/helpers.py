@@ -11,6 +11,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Awaitable, Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, TypeVar
 
 import psycopg
@@ -52,13 +53,9 @@ def call_together(callers: int, call: Callable[[], T]) -> list[T]:
     return results
 
 
-def run_herd(
-    dsn: str, user_id: str, *, processes: int, threads: int, store_options: dict[str, Any]
-) -> list[tuple[str, float]]:
+def run_herd(dsn: str, user_id: str, **herd: Any) -> list[tuple[str, float]]:
     """The herd from gmail_token_store.testing; fails the test if any caller failed."""
-    calls = testing.run_herd(
-        dsn, user_id, processes=processes, threads=threads, store_options=store_options
-    )
+    calls = testing.run_herd(dsn, user_id, **herd)
     errors = [call.error for call in calls if call.error]
     assert not errors, errors
     return [(call.token or "", call.seconds) for call in calls]
@@ -215,3 +212,51 @@ class Cli:
             secrets |= {t for t in (request.issued_access_token, request.refresh_token) if t}
         text = "\n".join(self.outputs)
         return sorted(secret for secret in secrets if secret in text)
+
+
+class FakeGmailApi:
+    """An API that accepts only tokens the fake endpoint issued: the seed's look revoked."""
+
+    def __init__(self, endpoint: FakeTokenEndpoint) -> None:
+        self.endpoint = endpoint
+        self.seen: list[str] = []
+        self.sent: list[bytes] = []
+        self.also_accepted: set[str] = set()
+        api = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                self._answer(b'{"emailAddress": "test@gmail.com"}')
+
+            def do_POST(self) -> None:  # users.messages.send
+                length = int(self.headers.get("Content-Length") or 0)
+                api.sent.append(self.rfile.read(length))
+                self._answer(b'{"id": "msg-1", "threadId": "thread-1", "labelIds": ["SENT"]}')
+
+            def _answer(self, body: bytes) -> None:
+                token = (self.headers.get("Authorization") or "").removeprefix("Bearer ")
+                api.seen.append(token)
+                issued = {r.issued_access_token for r in api.endpoint.requests} | api.also_accepted
+                status = 200 if token in issued else 401
+                body = body if status == 200 else b'{"error": {"code": 401}}'
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}
+        )
+        self.thread.start()
+        self.root = f"http://127.0.0.1:{self.server.server_address[1]}/"
+        self.url = self.root + "gmail/v1/users/me/profile"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=5)

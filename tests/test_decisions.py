@@ -388,7 +388,7 @@ class Database(World):
             return RowRead(self.locked, ClockSample(NOW, NOW, NOW))
         if isinstance(effect, Execute):
             if effect.statement is WRITE_GRANT:
-                data = json.loads(list(effect.params)[0])
+                data = json.loads(next(iter(effect.params)))
                 return [row(token_data=json.dumps(data), left=3599)]
             return []
         if isinstance(effect, Commit | Emit | Forget | Log):

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import pickle
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import google.auth.exceptions
@@ -19,52 +17,9 @@ from gmail_token_store import TokenStore
 from gmail_token_store.testing import FakeTokenEndpoint
 
 from conftest import SeedRow, utcnow
+from helpers import FakeGmailApi
 
 FetchRow = Callable[[str], dict[str, Any]]
-
-
-class FakeGmailApi:
-    """An API that accepts only tokens the fake endpoint issued: the seed's look revoked."""
-
-    def __init__(self, endpoint: FakeTokenEndpoint) -> None:
-        self.endpoint = endpoint
-        self.seen: list[str] = []
-        self.also_accepted: set[str] = set()
-        api = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                token = (self.headers.get("Authorization") or "").removeprefix("Bearer ")
-                api.seen.append(token)
-                issued = {r.issued_access_token for r in api.endpoint.requests} | api.also_accepted
-                status = 200 if token in issued else 401
-                body = b'{"emailAddress": "test@gmail.com"}' if status == 200 else b"{}"
-                self.send_response(status)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(
-            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}
-        )
-        self.thread.start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/gmail/v1/users/me/profile"
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(timeout=5)
-
-
-@pytest.fixture
-def gmail_api(endpoint: FakeTokenEndpoint) -> Iterator[FakeGmailApi]:
-    api = FakeGmailApi(endpoint)
-    yield api
-    api.close()
 
 
 def test_authorized_session_401_refreshes_through_the_store_and_persists(
