@@ -31,6 +31,7 @@ test: system-packages check
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/hot_path.py
+	$(BIN)/python benchmarks/async_store.py
 	$(BIN)/python benchmarks/herd.py
 	$(BIN)/python benchmarks/refresh_all.py
 	$(BIN)/python benchmarks/cache_memory.py

@@ -298,7 +298,7 @@ def kept(**overrides: Any) -> KeptGrant:
         "replaced_refresh_token": "1//r",
         "expiry_epoch": NOW + 3600,
         "scopes": None,
-        "pending": True,
+        "state": "unsaved",
         "kept_at": 0.0,
     }
     return KeptGrant(**{**values, **overrides})

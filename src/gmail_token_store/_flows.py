@@ -78,7 +78,7 @@ def read_row(core: Core, user_id: str) -> Flow[tuple[TokenRecord, float]]:
         core.next_flush = 0.0  # the database answers again: write kept grants now
     record = core.parse(read.row)
     kept = core.kept.get(user_id)
-    if kept is not None:
+    if kept is not None and kept.state != "writing":  # (a refresh of ours is writing it)
         found = verdict(kept, record)
         if found is Verdict.WRITE:
             started: LocalClock = yield ReadClock()
@@ -88,7 +88,7 @@ def read_row(core: Core, user_id: str) -> Flow[tuple[TokenRecord, float]]:
             record = restored or record
         elif found is Verdict.SUPERSEDED:
             core.kept.forget(user_id, kept.access_token)
-        elif kept.pending:
+        elif kept.state == "unsaved":
             core.kept.saved(user_id, kept.access_token)
     return record, clock.db_now
 
@@ -239,7 +239,7 @@ def refresh_shared(
 
 
 def flush_kept(core: Core) -> Flow[None]:
-    """Write every pending kept grant the row does not hold yet.
+    """Write every unsaved kept grant the row does not hold yet.
 
     After a write failed because the database did not answer, not again before the next
     read succeeds or `_FLUSH_INTERVAL` has passed: callers do not each wait for a dead
@@ -248,7 +248,7 @@ def flush_kept(core: Core) -> Flow[None]:
     now: LocalClock = yield ReadClock()
     if now.monotonic < core.next_flush:
         return
-    for kept in core.kept.pending():
+    for kept in core.kept.unsaved():
         yield from save_kept(core, kept.user_id, None, now.monotonic, reason="kept earlier")
 
 

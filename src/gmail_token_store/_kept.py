@@ -6,8 +6,10 @@ write-back fails (the connection dropped, the database is down, an interrupt arr
 failover lost a write that had been committed on the old primary), losing it would leave
 the row with a revoked refresh token and kill the grant. So every grant is kept here:
 
-* `pending`: not known to be in the row. Written by compare-and-set as soon as the
-  database answers again; until then refreshes for that user use the kept refresh token.
+* writing: the refresh that obtained it is writing it, under the row lock;
+* unsaved: that write failed, so the grant is not known to be in the row. It is written by
+  compare-and-set as soon as the database answers again (by any call of the store); until
+  then refreshes for that user use the kept refresh token;
 * saved: written, remembered for a while (`KEPT_FOR`) so that a row found *older* than what
   we wrote (after a failover to a standby that never received the write) is written again.
 
@@ -23,6 +25,7 @@ import enum
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import Literal
 
 from ._record import TokenRecord
 
@@ -30,6 +33,8 @@ from ._record import TokenRecord
 KEPT_FOR = 6 * 3600.0
 #: At most this many users' grants are remembered; saved ones leave first.
 KEPT_MAX = 10_000
+
+GrantState = Literal["writing", "unsaved", "saved"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,8 +50,13 @@ class KeptGrant:
     replaced_refresh_token: str = field(repr=False)
     expiry_epoch: float  # by the database's clock
     scopes: tuple[str, ...] | None
-    pending: bool
+    state: GrantState
     kept_at: float  # monotonic seconds
+
+    @property
+    def pending(self) -> bool:
+        """Not known to be in the row (being written, or its write failed)."""
+        return self.state != "saved"
 
 
 class Verdict(enum.Enum):
@@ -74,8 +84,8 @@ class KeptGrants:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._grants: OrderedDict[str, KeptGrant] = OrderedDict()
-        #: Number of pending grants: the hot path checks this one integer.
-        self.pending_count = 0
+        #: Number of unsaved grants: every call checks this one integer.
+        self.unsaved_count = 0
 
     def __len__(self) -> int:
         return len(self._grants)
@@ -84,8 +94,14 @@ class KeptGrants:
         return self._grants.get(user_id)
 
     def pending(self) -> list[KeptGrant]:
+        """Grants not known to be in their rows (being written, or unsaved)."""
         with self._lock:
             return [grant for grant in self._grants.values() if grant.pending]
+
+    def unsaved(self) -> list[KeptGrant]:
+        """Grants whose write failed: any call may write them now."""
+        with self._lock:
+            return [grant for grant in self._grants.values() if grant.state == "unsaved"]
 
     def keep(self, grant: KeptGrant, now: float) -> None:
         """Remember a grant (pending or saved), replacing any older one for the user."""
@@ -94,11 +110,18 @@ class KeptGrants:
             self._expire(now)
 
     def saved(self, user_id: str, access_token: str) -> None:
-        """The row now holds the grant with this access token: it is no longer pending."""
+        """The row now holds the grant with this access token."""
+        self._set_state(user_id, access_token, "saved")
+
+    def unsaved_now(self, user_id: str, access_token: str) -> None:
+        """Writing the grant with this access token failed: it waits for the database."""
+        self._set_state(user_id, access_token, "unsaved")
+
+    def _set_state(self, user_id: str, access_token: str, state: GrantState) -> None:
         with self._lock:
             grant = self._grants.get(user_id)
-            if grant is not None and grant.pending and grant.access_token == access_token:
-                self._store(dataclasses.replace(grant, pending=False))
+            if grant is not None and grant.state != state and grant.access_token == access_token:
+                self._store(dataclasses.replace(grant, state=state))
 
     def forget(self, user_id: str, access_token: str | None = None) -> None:
         """Drop the user's grant (only if it still holds `access_token`, when given)."""
@@ -110,25 +133,25 @@ class KeptGrants:
     def clear(self) -> None:
         with self._lock:
             self._grants.clear()
-            self.pending_count = 0
+            self.unsaved_count = 0
 
     def after_fork(self) -> None:
         """In a child process: the parent keeps (and writes) its grants; start empty."""
         self._lock = threading.Lock()
         self._grants = OrderedDict()
-        self.pending_count = 0
+        self.unsaved_count = 0
 
     # --- under the lock ----------------------------------------------------------------
 
     def _store(self, grant: KeptGrant) -> None:
         self._remove(grant.user_id)
         self._grants[grant.user_id] = grant
-        self.pending_count += grant.pending
+        self.unsaved_count += grant.state == "unsaved"
 
     def _remove(self, user_id: str) -> None:
         old = self._grants.pop(user_id, None)
         if old is not None:
-            self.pending_count -= old.pending
+            self.unsaved_count -= old.state == "unsaved"
 
     def _expire(self, now: float) -> None:
         # Saved grants leave when old or when there are too many; pending ones never do

@@ -190,6 +190,7 @@ def _write_back(
     except GeneratorExit:
         raise  # the flow is being discarded, not driven: nothing can be done here
     except BaseException as exc:
+        core.kept.unsaved_now(uid, kept.access_token)
         saved = yield from save_kept(core, uid, email, started, reason=_why(exc))
         if not isinstance(exc, DatabaseUnavailableError):
             raise
@@ -214,7 +215,7 @@ def _why(exc: BaseException) -> str:
 
 
 def _keep(core: Core, record: TokenRecord, grant: Grant, answered: LocalClock) -> KeptGrant:
-    """Keep a fresh grant, pending; its expiry counted on the database's clock."""
+    """Keep a fresh grant (being written); its expiry counted on the database's clock."""
     assert record.refresh_token  # noqa: S101 - a refresh needs one
     kept = KeptGrant(
         user_id=record.user_id,
@@ -224,7 +225,7 @@ def _keep(core: Core, record: TokenRecord, grant: Grant, answered: LocalClock) -
         replaced_refresh_token=record.refresh_token,
         expiry_epoch=core.clock.db_now(answered.wall) + grant.expires_in,
         scopes=grant.scopes,
-        pending=True,
+        state="writing",
         kept_at=answered.monotonic,
     )
     core.kept.keep(kept, answered.monotonic)

@@ -279,6 +279,9 @@ class FakeTokenEndpoint:
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    # Herds open many connections at once: the default backlog of 5 drops their SYNs,
+    # and each dropped one costs the client a second before it tries again.
+    request_queue_size = 256
     endpoint: FakeTokenEndpoint
 
 
