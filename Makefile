@@ -36,6 +36,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/refresh_all.py
 	$(BIN)/python benchmarks/cache_memory.py
 	$(BIN)/python benchmarks/recovery.py
+	$(BIN)/python benchmarks/failover.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,10 +1,9 @@
 """Fixtures: one real PostgreSQL per session, a fresh gmail_token table per test, and the
-fake token endpoint over real HTTP on loopback."""
+fake token endpoint over real HTTP on loopback: the public ones a consuming service gets
+from `gmail_token_store.testing.fixtures`, under the short names the suite uses."""
 
 from __future__ import annotations
 
-import secrets
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -16,8 +15,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from gmail_token_store import GMAIL_SEND, TokenStore
-from gmail_token_store._sql import CREATE_TABLE
-from gmail_token_store.testing import FakeTokenEndpoint, PostgresServer, throwaway_postgresql
+from gmail_token_store.testing import FakeTokenEndpoint, PostgresServer, insert_grant
 
 from helpers import CLIENT_SECRET as CLIENT_SECRET  # noqa: PLC0414 - re-exported for the tests
 from helpers import AsyncFacade, Cli, FakeGmailApi, StatementCounter
@@ -30,25 +28,23 @@ def utcnow() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
 
+pytest_plugins = ["gmail_token_store.testing.fixtures"]
+
+
 @pytest.fixture(scope="session")
-def postgres() -> Iterator[PostgresServer]:
-    with throwaway_postgresql() as server:
-        yield server
+def postgres(gmail_token_postgres: PostgresServer) -> PostgresServer:
+    return gmail_token_postgres
 
 
 @pytest.fixture
-def dsn(postgres: PostgresServer) -> str:
+def dsn(gmail_token_dsn: str) -> str:
     """The session's database with a fresh gmail_token table, created with the seed's DDL."""
-    with psycopg.connect(postgres.dsn, autocommit=True) as conn:
-        conn.execute("DROP TABLE IF EXISTS gmail_token")
-        conn.execute(CREATE_TABLE.text)
-    return postgres.dsn
+    return gmail_token_dsn
 
 
 @pytest.fixture
-def endpoint() -> Iterator[FakeTokenEndpoint]:
-    with FakeTokenEndpoint() as fake:
-        yield fake
+def endpoint(fake_token_endpoint: FakeTokenEndpoint) -> FakeTokenEndpoint:
+    return fake_token_endpoint
 
 
 @pytest.fixture(params=["sync", "async"])
@@ -155,36 +151,22 @@ def seed(dsn: str, endpoint: FakeTokenEndpoint) -> SeedRow:
         scopes: Any = (GMAIL_SEND,),
         **columns: Any,
     ) -> Seeded:
-        user_id = str(columns.pop("user_id", uuid.uuid4()))
-        access_token = "ya29.seed-access-" + secrets.token_hex(12)
-        refresh_token = "1//seed-refresh-" + secrets.token_hex(12)
-        values: dict[str, Any] = {
-            "user_id": user_id,
-            "robeing_id": "robeing-1",
-            "token_data": Jsonb(
-                {
-                    "access_token": access_token,
-                    "refresh_token": refresh_token,
-                    "token_type": "Bearer",
-                }
-            ),
-            "oauth_config": Jsonb(
-                {
-                    "client_id": CLIENT_ID,
-                    "client_secret": CLIENT_SECRET,
-                    "token_uri": endpoint.token_uri,
-                }
-            ),
-            "scopes": Jsonb(list(scopes)) if isinstance(scopes, tuple) else scopes,
-            "metadata": Jsonb({"email": email, "source_file": "token.json"} if email else {}),
-            "expiry": utcnow() + timedelta(seconds=expires_in) if expires_in is not None else None,
-        }
-        values.update(columns)
-        names = ", ".join(values)
-        placeholders = ", ".join(f"%({name})s" for name in values)
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute(f"INSERT INTO gmail_token ({names}) VALUES ({placeholders})", values)
-        return Seeded(user_id, access_token, refresh_token)
+        columns.setdefault("robeing_id", "robeing-1")
+        columns.setdefault(
+            "metadata", Jsonb({"email": email, "source_file": "token.json"} if email else {})
+        )
+        if expires_in is not None:  # by the test's clock, as the seed rows always were
+            columns.setdefault("expiry", utcnow() + timedelta(seconds=expires_in))
+        grant = insert_grant(
+            dsn,
+            token_uri=endpoint.token_uri,
+            expires_in=None,
+            scopes=scopes,
+            client_id=CLIENT_ID,
+            client_secret=CLIENT_SECRET,
+            **columns,
+        )
+        return Seeded(grant.user_id, grant.access_token, grant.refresh_token)
 
     return insert
 

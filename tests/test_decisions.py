@@ -308,11 +308,12 @@ def kept(**overrides: Any) -> KeptGrant:
     ("token_data", "left", "expected"),
     [
         ('{"access_token": "ya29.a", "refresh_token": "1//r"}', -10, Verdict.WRITE),  # lost write
+        ('{"access_token": "ya29.a", "refresh_token": "1//r"}', 7200, Verdict.WRITE),
         ('{"access_token": "ya29.ours", "refresh_token": "1//rotated"}', 3600, Verdict.IN_ROW),
         ('{"access_token": "ya29.other", "refresh_token": "1//consent"}', 3600, Verdict.SUPERSEDED),
         ('{"access_token": "ya29.later", "refresh_token": "1//rotated"}', 3700, Verdict.SUPERSEDED),
     ],
-    ids=["row older", "row holds it", "new consent", "refreshed again since"],
+    ids=["row older", "row older, later expiry", "row holds it", "new consent", "refreshed since"],
 )
 def test_kept_grant_verdicts(token_data: str, left: float, expected: Verdict) -> None:
     assert verdict(kept(), parse_row(row(token_data=token_data, left=left))) is expected

@@ -153,22 +153,46 @@ def connect_error(exc: psycopg.Error, *, timeout: float, password: str | None) -
         return DatabaseUnavailableError(
             f"no database connection within {timeout:g} s (no answer); retry later"
         )
-    reason = "nothing is listening there" if "refused" in text else _summary_text(text)
-    return DatabaseUnavailableError(f"cannot connect to PostgreSQL ({reason}); retry later")
+    return DatabaseUnavailableError(
+        f"cannot connect to PostgreSQL ({_attempts(text)}); retry later"
+    )
 
 
-def _summary_text(text: str) -> str:
-    # libpq prefixes each attempt with 'connection to server at "host", port N failed:'.
-    reasons = re.findall(r"failed: ([^\n]*)", text) or [
-        text.strip().splitlines()[0] if text.strip() else "?"
-    ]
-    return printable("; ".join(dict.fromkeys(reason.strip() for reason in reasons)), 160)
+# What libpq says, per attempt, in words an operator reads at a glance.
+_PLAIN = (
+    ("Connection refused", "nothing is listening there"),
+    ("read-only", "a read-only server (a standby?)"),
+    ("hot standby", "a read-only server (a standby?)"),
+    ("is starting up", "the server is starting up"),
+    ("shutting down", "the server is shutting down"),
+    ("too many clients", "the server has no connection slots left"),
+    ("could not translate host name", "the host name does not resolve"),
+)
+_ATTEMPT = re.compile(
+    r'connection to server at "([^"]*)"(?: \([^)]*\))?, port (\d+) failed: ([^\n]*)'
+)
 
 
-def expect_user(row: tuple[object, ...] | None, user_id: str | None) -> None:
-    """Raise WrongRowError if `row` (selected with `_sql.COLUMNS`) is not `user_id`'s."""
-    if row is not None and user_id is not None and row[1] != user_id:
-        raise WrongRowError(user_id)
+def _attempts(text: str) -> str:
+    """One reason per host tried (a multi-host DSN tries each in turn)."""
+    found = _ATTEMPT.findall(text)
+    if not found:
+        return _plain(text.strip().splitlines()[0] if text.strip() else "no reason given")
+    reasons = [_plain(reason) for _host, _port, reason in found]
+    if len(found) == 1:
+        return reasons[0]
+    each = (
+        f"{printable(host, 63)}:{port}: {reason}"
+        for (host, port, _), reason in zip(found, reasons, strict=True)
+    )
+    return "; ".join(dict.fromkeys(each))  # an address tried twice is said once
+
+
+def _plain(reason: str) -> str:
+    for needle, meaning in _PLAIN:
+        if needle in reason:
+            return meaning
+    return printable(reason.strip(), 120)
 
 
 def drop_traceback(exc: BaseException) -> None:
@@ -181,3 +205,9 @@ def drop_traceback(exc: BaseException) -> None:
     while exc is not None:
         exc.__traceback__ = None
         exc = exc.__context__  # type: ignore[assignment]
+
+
+def expect_user(row: tuple[object, ...] | None, user_id: str | None) -> None:
+    """Raise WrongRowError if `row` (selected with `_sql.COLUMNS`) is not `user_id`'s."""
+    if row is not None and user_id is not None and row[1] != user_id:
+        raise WrongRowError(user_id)

@@ -276,15 +276,24 @@ def _status(core: Core, row: Sequence[Any]) -> TokenStatus:
     )
 
 
+def _read_again_if_lost(query: Query) -> Flow[list[Any]]:
+    """Run a read; once more on a fresh connection if the first broke (a restart)."""
+    try:
+        rows: list[Any] = yield query
+    except ConnectionLost:
+        rows = yield query
+    return rows
+
+
 def check(core: Core, user_id: str) -> Flow[TokenStatus]:
     """The health of one grant; never raises for a row that exists."""
-    rows = yield Query(CHECK_ROW, (user_id,), user_id=user_id)
+    rows = yield from _read_again_if_lost(Query(CHECK_ROW, (user_id,), user_id=user_id))
     return _status(core, rows[0]) if rows else not_found(user_id)
 
 
 def check_all(core: Core) -> Flow[list[TokenStatus]]:
     """The health of every grant, oldest row first; a broken row is reported, not raised."""
-    rows = yield Query(LIST_ROWS, ())
+    rows = yield from _read_again_if_lost(Query(LIST_ROWS, ()))
     return [_status(core, row) for row in rows]
 
 
@@ -309,7 +318,10 @@ def save(
         idle_timeout_ms=int(core.windows.idle_in_transaction_timeout * 1000),
     )
     try:
-        locked: RowRead = yield LockRow(user_id, statement)
+        try:
+            locked: RowRead = yield LockRow(user_id, statement)
+        except ConnectionLost:  # nothing was written yet: once more, on a fresh connection
+            locked = yield LockRow(user_id, statement)
     except LockWaitTimeout:
         raise DatabaseUnavailableError(
             f"the row of user {user_id} stayed locked by another process for "

@@ -73,6 +73,9 @@ def verdict(kept: KeptGrant, record: TokenRecord) -> Verdict:
         return Verdict.SUPERSEDED  # a new consent or an import: not ours to overwrite
     if record.access_token == kept.access_token:
         return Verdict.IN_ROW
+    rotated = kept.refresh_token != kept.replaced_refresh_token
+    if rotated and record.refresh_token == kept.replaced_refresh_token:
+        return Verdict.WRITE  # the row still holds the refresh token our grant replaced
     if record.expiry_epoch >= kept.expiry_epoch:
         return Verdict.SUPERSEDED  # refreshed again since, from our lineage
     return Verdict.WRITE

@@ -1,0 +1,185 @@
+"""A throwaway primary with a real streaming standby, for failover tests.
+
+The standby is made with `pg_basebackup -R` (streaming replication, asynchronous, as
+PostgreSQL's default), runs on its own port, and can be stopped, started and promoted
+(`pg_promote()`). `dsn` is the libpq multi-host DSN services use to follow the primary:
+both hosts, `target_session_attrs=read-write`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+
+from ._servers import (
+    PostgresServer,
+    _Account,
+    _find_binary,
+    _free_port,
+    _wait_for_port,
+)
+
+#: The standby's own settings: the primary's, and a port and socket directory of its own.
+_STANDBY_ARGS = (
+    "-c logging_collector=off -c fsync=off -c synchronous_commit=off"
+    " -c full_page_writes=off -c max_connections=300"
+)
+
+
+class StandbyServer:
+    """A streaming standby of a PostgresServer: `start_serving`, `stop_serving`, `promote`."""
+
+    def __init__(self, primary: PostgresServer) -> None:
+        self._account = _Account()
+        self._postgres = _find_binary("postgres", "postgresql")
+        self.base_dir = Path(tempfile.mkdtemp(prefix="gmail-token-store-standby-"))
+        self.data = self.base_dir / "data"
+        self.sockets = self.base_dir / "tmp"
+        for directory in (self.base_dir, self.sockets):
+            directory.mkdir(mode=0o700, exist_ok=True)
+            self._account.own(directory)
+        basebackup = self._account.command(
+            _find_binary("pg_basebackup", "postgresql"), self.base_dir
+        )
+        subprocess.run(
+            [
+                basebackup,
+                "-D",
+                str(self.data),
+                "-R",  # standby.signal and primary_conninfo: a streaming standby
+                "-X",
+                "stream",
+                "--checkpoint=fast",  # not the next scheduled checkpoint, minutes away
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(primary.port),
+                "-U",
+                "postgres",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+        self.port = _free_port()
+        self._log = self.base_dir / "standby.log"
+        self._process: subprocess.Popen[bytes] | None = None
+        self.start_serving()
+
+    @property
+    def dsn(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/test"
+
+    def start_serving(self) -> None:
+        """Start the server (as a standby, unless it was promoted); returns once it accepts."""
+        with self._log.open("ab") as log:
+            self._process = subprocess.Popen(
+                [
+                    self._account.command(self._postgres, self.base_dir),
+                    "-D",
+                    str(self.data),
+                    "-p",
+                    str(self.port),
+                    "-h",
+                    "127.0.0.1",
+                    "-k",
+                    str(self.sockets),
+                    *_STANDBY_ARGS.split(),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        _wait_for_port(self.port, self._process, self._log, timeout=60)
+        deadline = time.monotonic() + 60
+        while True:  # listening is not yet accepting: wait for a consistent state
+            try:
+                psycopg.connect(self.dsn, connect_timeout=2).close()
+                return
+            except psycopg.OperationalError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+    def stop_serving(self) -> None:
+        """Fast shutdown: clients are disconnected."""
+        process, self._process = self._process, None
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+
+    def promote(self) -> None:
+        """Make it the primary (`pg_promote()`); returns once it accepts writes."""
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            conn.execute("SELECT pg_promote(wait => true, wait_seconds => 60)")
+
+    def stop(self) -> None:
+        try:
+            self.stop_serving()
+        finally:
+            shutil.rmtree(self.base_dir, ignore_errors=True)
+
+
+class ReplicatedPostgres:
+    """A throwaway primary (`primary`) and its streaming standby (`standby`)."""
+
+    def __init__(self) -> None:
+        self.primary = PostgresServer()
+        try:
+            self.standby = StandbyServer(self.primary)
+        except BaseException:
+            self.primary.stop()
+            raise
+
+    @property
+    def dsn(self) -> str:
+        """Both servers, for whichever accepts writes: what a service configures."""
+        return (
+            f"postgresql://postgres@127.0.0.1:{self.primary.port},127.0.0.1:{self.standby.port}"
+            "/test?target_session_attrs=read-write"
+        )
+
+    def wait_for_replay(self, timeout: float = 30.0) -> None:
+        """Return once the standby has replayed everything the primary has written."""
+        with psycopg.connect(self.primary.dsn, autocommit=True) as primary:
+            row = primary.execute("SELECT pg_current_wal_lsn()::text").fetchone()
+        target = row[0] if row is not None else "0/0"
+        deadline = time.monotonic() + timeout
+        with psycopg.connect(self.standby.dsn, autocommit=True) as standby:
+            while True:
+                caught_up = standby.execute(
+                    "SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", (target,)
+                ).fetchone()
+                if caught_up and caught_up[0]:
+                    return
+                if time.monotonic() > deadline:
+                    raise TimeoutError("the standby did not catch up with the primary")
+                time.sleep(0.02)
+
+    def stop(self) -> None:
+        try:
+            self.standby.stop()
+        finally:
+            self.primary.stop()
+
+
+@contextlib.contextmanager
+def throwaway_replicated_postgresql() -> Iterator[ReplicatedPostgres]:
+    """Start a private primary and a streaming standby; stop and delete both afterwards."""
+    servers = ReplicatedPostgres()
+    try:
+        yield servers
+    finally:
+        servers.stop()
