@@ -18,8 +18,16 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TextIO
 
-from . import GMAIL_SEND, KeepaliveReport, TokenStatus, TokenStore, TokenStoreError
+from . import (
+    GMAIL_SEND,
+    KeepaliveReport,
+    TokenStatus,
+    TokenStore,
+    TokenStoreError,
+    __version__,
+)
 from ._escape import printable
+from ._metrics import exposition
 from ._token_file import TokenFileError, read_token_file
 from ._user_id import parse_user_id
 from .exceptions import describe_user
@@ -205,6 +213,13 @@ def _list(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _metrics(args: argparse.Namespace) -> int:
+    with _store(args) as store:
+        statuses = store.check_all()
+    sys.stdout.write(exposition(statuses))
+    return EXIT_OK
+
+
 def _print_progress(report: KeepaliveReport) -> None:
     _say(
         f"refresh-all: {report.processed}/{report.due} done, {report.refreshed} refreshed, "
@@ -259,6 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds to wait for a database connection (default: 5)",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log what the library does")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:
@@ -316,6 +332,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--needs-attention",
         action="store_true",
         help="only rows that need a person; exit 1 when there are any (the alert)",
+    )
+
+    command(
+        "metrics",
+        _metrics,
+        "print the table's health in Prometheus's text format (for a textfile collector)",
     )
 
     sub = command("refresh-all", _refresh_all, "keepalive: refresh every due or idle grant")
