@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import statistics
+import threading
+import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
 import psycopg
 from psycopg.types.json import Jsonb
 
-from gmail_token_store import GMAIL_SEND
+from gmail_token_store import GMAIL_SEND, TokenStoreError
 from gmail_token_store._sql import CREATE_TABLE
 from gmail_token_store.testing import PostgresServer, throwaway_postgresql
 
@@ -55,6 +57,19 @@ def insert_rows(dsn: str, count: int, *, expires_in: float, token_uri: str) -> l
             ],
         )
     return user_ids
+
+
+def call_until(
+    stop: threading.Event, call: Callable[[], object], successes: list[float], interval: float
+) -> None:
+    """Call `call` every `interval` seconds until `stop`; note when each call succeeded."""
+    while not stop.is_set():
+        try:
+            call()
+            successes.append(time.monotonic())
+        except TokenStoreError:
+            pass
+        time.sleep(interval)
 
 
 def percentile(values: Sequence[float], fraction: float) -> float:

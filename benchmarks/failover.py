@@ -13,14 +13,14 @@ import threading
 import time
 from collections.abc import Callable
 
-from gmail_token_store import AsyncTokenStore, TokenStore, TokenStoreError, create_table
+from gmail_token_store import AsyncTokenStore, TokenStore, create_table
 from gmail_token_store.testing import (
     FakeTokenEndpoint,
     insert_grant,
     throwaway_replicated_postgresql,
 )
 
-from _common import median, print_table
+from _common import call_until, median, print_table
 
 
 def one_failover(kind: str, endpoint: FakeTokenEndpoint) -> float:
@@ -41,16 +41,7 @@ def one_failover(kind: str, endpoint: FakeTokenEndpoint) -> float:
         successes: list[float] = []
         stop = threading.Event()
 
-        def keep_calling() -> None:
-            while not stop.is_set():
-                try:
-                    call()
-                    successes.append(time.monotonic())
-                except TokenStoreError:
-                    pass
-                time.sleep(0.01)
-
-        caller = threading.Thread(target=keep_calling)
+        caller = threading.Thread(target=call_until, args=(stop, call, successes, 0.01))
         caller.start()
         time.sleep(0.5)
         servers.primary.stop_serving()

@@ -17,10 +17,10 @@ from collections.abc import Callable
 
 import psycopg
 
-from gmail_token_store import AsyncTokenStore, TokenStore, TokenStoreError
+from gmail_token_store import AsyncTokenStore, TokenStore
 from gmail_token_store.testing import FakeTokenEndpoint, PostgresServer
 
-from _common import database, insert_rows, print_table, verdict
+from _common import call_until, database, insert_rows, print_table, verdict
 
 TARGET_SECONDS = 1.0
 
@@ -39,17 +39,8 @@ def measure(postgres: PostgresServer, call: Callable[[], None], outage: float) -
     successes: list[float] = []
     stop = threading.Event()
 
-    def keep_calling() -> None:
-        while not stop.is_set():
-            try:
-                call()
-                successes.append(time.monotonic())
-            except TokenStoreError:
-                pass
-            time.sleep(0.02)
-
     postgres.stop_serving()
-    caller = threading.Thread(target=keep_calling)
+    caller = threading.Thread(target=call_until, args=(stop, call, successes, 0.02))
     caller.start()
     time.sleep(outage)
     successes.clear()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import subprocess
@@ -160,11 +161,22 @@ class AsyncFacade:
         return getattr(self.store, name)
 
 
+def run_scenario(*command: str, timeout: float) -> Any:
+    """Run a tests/scenario_*.py script (under a wrapper like faketime or unshare, if any);
+    fail the test if it fails; return the JSON of its last line of output."""
+    result = subprocess.run(
+        [*command], capture_output=True, text=True, timeout=timeout, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.splitlines()[-1])
+
+
 def idle_connections(store: Any) -> list[Any]:
     """The idle connections in a store's own pool (a TokenStore or an AsyncFacade)."""
-    if isinstance(store, AsyncFacade):
-        return [conn for conn, _returned in store.store._io._pool._idle]  # type: ignore[union-attr]
-    return [entry.conn for entry in store._io._resources.pool._idle]
+    pool: Any = (
+        store.store._io._pool if isinstance(store, AsyncFacade) else store._io._resources.pool
+    )
+    return [conn for conn, _returned in pool._book._idle]
 
 
 async def _build(conninfo: Any, options: dict[str, Any]) -> AsyncTokenStore:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import gmail_token_store
 from gmail_token_store import testing
+from gmail_token_store.testing import fixtures
 
 README = (Path(__file__).parent.parent / "README.md").read_text()
 
@@ -46,3 +47,17 @@ def test_version_comes_from_the_installed_metadata() -> None:
 
 def test_the_package_ships_its_type_information() -> None:
     assert (Path(gmail_token_store.__file__).parent / "py.typed").exists()
+
+
+def test_the_readme_shows_the_consumer_tests_as_they_are() -> None:
+    examples = Path(__file__).parent.parent / "examples" / "consumer_tests"
+    for source in sorted(examples.glob("*.py")):
+        assert source.read_text().strip() in README, source.name
+
+
+def test_every_option_and_fixture_is_documented() -> None:
+    options = README.split("`TokenStore` options", 1)[1].split("###", 1)[0]
+    for option in gmail_token_store.StoreOptions.__annotations__:
+        assert f"`{option}`" in options, option
+    names = documented_names()
+    assert [name for name in fixtures.__all__ if name not in names] == []

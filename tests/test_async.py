@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Awaitable
+from collections.abc import AsyncGenerator, Awaitable, Mapping
 from typing import Any, TypeVar
 
+import google.auth.aio.transport
 import google.auth.exceptions
 import google.auth.transport.requests
+import httpx
 import psycopg
 import pytest
+from google.auth.aio.transport.sessions import AsyncAuthorizedSession
 
 import gmail_token_store
 from gmail_token_store import AsyncTokenStore, TokenStoreError
@@ -248,3 +251,72 @@ def test_a_closed_async_store_refuses_calls(dsn: str, seed: SeedRow) -> None:
             await store.get_credentials(row.user_id)
 
     run(closed())
+
+
+class _HttpxResponse(google.auth.aio.transport.Response):
+    def __init__(self, response: httpx.Response) -> None:
+        self._response = response
+
+    @property
+    def status_code(self) -> int:
+        return self._response.status_code
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        return self._response.headers
+
+    async def content(  # type: ignore[override]  # google-auth declares a coroutine
+        self, chunk_size: int = 1024
+    ) -> AsyncGenerator[bytes, None]:
+        for start in range(0, len(self._response.content), chunk_size):
+            yield self._response.content[start : start + chunk_size]
+
+    async def read(self) -> bytes:
+        return self._response.content
+
+    async def close(self) -> None:
+        await self._response.aclose()
+
+
+class _HttpxRequest(google.auth.aio.transport.Request):
+    """google-auth's async transport interface over httpx (google-auth ships aiohttp's)."""
+
+    def __init__(self) -> None:
+        self._client = httpx.AsyncClient()
+
+    async def __call__(
+        self,
+        url: str,
+        method: str = "GET",
+        body: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+        timeout: float = 30,
+        **_kwargs: Any,
+    ) -> google.auth.aio.transport.Response:
+        response = await self._client.request(
+            method, url, content=body, headers=headers, timeout=timeout
+        )
+        return _HttpxResponse(response)
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+
+def test_google_auths_async_authorized_session_refreshes_through_the_store(
+    dsn: str, seed: SeedRow, endpoint: FakeTokenEndpoint, gmail_api: FakeGmailApi
+) -> None:
+    row = seed(expires_in=3000)  # valid by its expiry, yet the API answers 401
+
+    async def call() -> int:
+        async with AsyncTokenStore(dsn, **OPTIONS) as store:
+            credentials = await store.get_credentials(row.user_id)
+            session = AsyncAuthorizedSession(credentials, auth_request=_HttpxRequest())
+            try:
+                response = await session.request("GET", gmail_api.url)
+                return response.status_code
+            finally:
+                await session.close()
+
+    assert run(call()) == 200
+    [request] = endpoint.refresh_requests()
+    assert gmail_api.seen == [row.access_token, request.issued_access_token]

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import sys
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -20,6 +19,7 @@ import pytest
 from gmail_token_store.testing import FakeTokenEndpoint
 
 from conftest import SeedRow
+from helpers import run_scenario
 
 SCENARIO = Path(__file__).parent / "scenario_clock.py"
 #: Seeded lifetimes by the database's clock: expired, mandatory window, advisory window, fresh.
@@ -48,15 +48,9 @@ def test_no_caller_gets_a_token_expired_by_the_databases_clock(
     order = {"dsn": dsn, "store": kind, "users": users}
     with psycopg.connect(dsn) as holder:
         holder.execute("SELECT 1 FROM gmail_token WHERE user_id = %s FOR UPDATE", (locked.user_id,))
-        result = subprocess.run(
-            ["faketime", "-f", skew, sys.executable, str(SCENARIO), json.dumps(order)],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
+        got: dict[str, Any] = run_scenario(
+            "faketime", "-f", skew, sys.executable, str(SCENARIO), json.dumps(order), timeout=120
         )
-    assert result.returncode == 0, result.stderr
-    got: dict[str, Any] = json.loads(result.stdout.splitlines()[-1])
     db_now = _db_now(dsn)
     issued = {r.issued_access_token for r in endpoint.refresh_requests()}
     assert got.pop(locked.user_id) == {"error": "RefreshFailedError"}  # never the expired token

@@ -338,6 +338,7 @@ def test_the_database_clock_keeps_the_sample_with_the_shortest_round_trip() -> N
     ("columns", "problem"),
     [
         ({"token_data": '{"x": ' + "[" * 3000 + "]" * 3000 + "}"}, "nested too deeply"),
+        ({"metadata": '{"x": ' + "[" * 64 + "]" * 64 + "}"}, "nested too deeply"),
         ({"metadata": '{"n": ' + "9" * 5000 + "}"}, "cannot be decoded"),
         ({"metadata": json.dumps({"email": "x" * 70_000})}, "characters (at most"),
         ({"scopes": json.dumps(["s"] * 300)}, "300 scopes"),
@@ -348,6 +349,11 @@ def test_hostile_rows_parse_to_a_problem_never_an_exception(
 ) -> None:
     record = parse_row(row(**columns))
     assert record.problem is not None and problem in record.problem
+
+
+def test_wide_but_shallow_json_is_fine() -> None:
+    wide = json.dumps({"email": "u@gmail.com", "history": [{"at": "[{"} for _ in range(500)]})
+    assert parse_row(row(metadata=wide)).problem is None
 
 
 def test_printable_escapes_controls_and_cuts() -> None:

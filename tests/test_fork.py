@@ -9,7 +9,6 @@ children exit through atexit handlers.
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import pytest
 from gmail_token_store.testing import FakeTokenEndpoint
 
 from conftest import Seeded, SeedRow
+from helpers import run_scenario
 
 SCENARIO = Path(__file__).parent / "scenario_fork.py"
 #: Every call must end well within this (seconds): no hang on an inherited socket.
@@ -43,15 +43,8 @@ def test_store_used_before_fork_serves_every_process_its_own_users_tokens(
         "after": 1.0,
         "out": str(tmp_path),
     }
-    result = subprocess.run(
-        [sys.executable, str(SCENARIO), json.dumps(order)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout.splitlines()[-1]) == {"children": [0, 0, 0, 0]}
+    outcome = run_scenario(sys.executable, str(SCENARIO), json.dumps(order), timeout=300)
+    assert outcome == {"children": [0, 0, 0, 0]}
 
     calls = [
         json.loads(line)

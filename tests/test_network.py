@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -20,7 +18,7 @@ from gmail_token_store._options import TCP_DEFAULTS, conninfo_from
 from gmail_token_store.testing import FakeTokenEndpoint
 
 from conftest import SeedRow
-from helpers import idle_connections
+from helpers import idle_connections, run_scenario
 
 SCENARIO = Path(__file__).parent / "scenario_partition.py"
 
@@ -49,15 +47,9 @@ def test_a_partition_is_noticed_in_seconds_and_the_grant_is_kept(kind: str) -> N
         "this test drops packets with iptables in a private network namespace: run it as "
         "root with Debian's iptables installed (make test installs it)"
     )
-    result = subprocess.run(
-        ["unshare", "-n", sys.executable, str(SCENARIO), kind],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
+    report: dict[str, Any] = run_scenario(
+        "unshare", "-n", sys.executable, str(SCENARIO), kind, timeout=180
     )
-    assert result.returncode == 0, result.stderr
-    report: dict[str, Any] = json.loads(result.stdout.splitlines()[-1])
     # The refresher's write-back is cut by tcp_user_timeout (10 s), its late save by
     # connect_timeout (2 s); the caller gets the new token, and the grant is kept...
     assert report["refresh_served_new_token"] is True

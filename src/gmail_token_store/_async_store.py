@@ -21,17 +21,14 @@ from psycopg_pool import AsyncConnectionPool
 from . import _flows, _fork
 from ._async_handout import AsyncRefresher
 from ._async_io import AsyncIO
-from ._cache import CredentialsCache
-from ._core import Core
 from ._db_errors import database_error
 from ._effects import Flow
 from ._events import logger
-from ._handout import hand_out
 from ._keepalive import KeepaliveReport, refresh_all_async
-from ._options import StoreOptions, conninfo_from, dsn_from_env, options_from_env, settings_from
+from ._options import StoreOptions, conninfo_from, dsn_from_env, options_from_env
 from ._record import TokenRecord
 from ._results import RefreshResult, TokenStatus
-from ._store_common import check_save_input, refresh_result
+from ._store_common import StoreBase, check_save_input, refresh_result
 from ._user_id import parse_user_id
 from .exceptions import TokenStoreError
 
@@ -39,7 +36,7 @@ T = TypeVar("T")
 _monotonic = time.monotonic  # a global lookup fewer on the cache-hit path
 
 
-class AsyncTokenStore:
+class AsyncTokenStore(StoreBase):
     """TokenStore for asyncio services: the same options, methods and semantics, with the
     I/O methods as coroutines. Use as `async with AsyncTokenStore(dsn) as store:`.
 
@@ -52,19 +49,13 @@ class AsyncTokenStore:
     def __init__(
         self, conninfo: str | AsyncConnectionPool[Any], /, **options: Unpack[StoreOptions]
     ) -> None:
-        self._settings = settings = settings_from(options)
-        self._core = Core(settings)
-        self._cache = (
-            CredentialsCache(ttl=settings.cache_ttl, max_entries=settings.cache_size)
-            if settings.cache_ttl
-            else None
-        )
+        super().__init__(options)
         self._io = AsyncIO(
-            settings,
+            self._settings,
             conninfo if isinstance(conninfo, AsyncConnectionPool) else conninfo_from(conninfo),
             self._cache,
         )
-        self._refresher = AsyncRefresher(self._adopt_or_refresh, settings.windows)
+        self._refresher = AsyncRefresher(self._adopt_or_refresh, self._settings.windows)
         _fork.register(self._after_fork_in_child)
 
     @classmethod
@@ -81,12 +72,7 @@ class AsyncTokenStore:
         if self._core.kept.unsaved_count and self._io.opened:
             self._core.next_flush = 0.0
             await self._flush_kept()
-        for user in self._core.kept.pending():
-            logger.error(
-                "the refreshed Gmail grant of user %s was never saved (the database did not "
-                "answer) and is lost with this store; the user may have to re-authorize",
-                user.user_id,
-            )
+        self._report_lost_grants()
         await self._io.close()
         if self._cache is not None:
             self._cache.clear()
@@ -98,22 +84,12 @@ class AsyncTokenStore:
         await self.aclose()
 
     def __repr__(self) -> str:
-        return (
-            f"<AsyncTokenStore refresh_margin={self._settings.refresh_margin} "
-            f"cache={'on' if self._cache else 'off'}{' closed' if self._io.closed else ''}>"
-        )
-
-    @property
-    def refresh_margin(self) -> float:
-        """Seconds before expiry from which a token is refreshed."""
-        return self._settings.refresh_margin
+        return self._describe(self._io.closed)
 
     def _after_fork_in_child(self) -> None:
         self._io.after_fork()
-        self._core.after_fork()
         self._refresher.after_fork()
-        if self._cache is not None:
-            self._cache.after_fork()
+        self._forget_parent()
 
     # --- public operations (see TokenStore for the documentation) -------------------------
 
@@ -186,16 +162,6 @@ class AsyncTokenStore:
             )
         )
 
-    def invalidate(self, user_id: str | uuid.UUID) -> None:
-        """Forget the user's cached credentials; the next call reads the row."""
-        uid = parse_user_id(user_id)
-        if self._cache is not None:
-            self._cache.invalidate(uid)
-
-    def token_uri_problem(self, token_uri: str) -> str | None:
-        """As `TokenStore.token_uri_problem`."""
-        return self._core.policy.refusal(token_uri)
-
     async def create_table(self) -> bool:
         """As `TokenStore.create_table`."""
         return await self._run(_flows.create_table())
@@ -222,19 +188,7 @@ class AsyncTokenStore:
             logger.warning("could not write kept grants yet: %s", exc)
 
     def _remember(self, record: TokenRecord) -> Credentials:
-        core = self._core
-        refresher = self._refresher.bound_to(asyncio.get_running_loop())
-        credentials = hand_out(record, refresher, core.handout_windows, core.clock)
-        if self._cache is not None:
-            self._cache.put(
-                record.user_id,
-                credentials,
-                frozenset(record.scopes) if record.scopes is not None else None,
-                seconds_left=record.seconds_left(core.clock.db_now(time.time())),
-                refresh_margin=self._settings.refresh_margin,
-                now=time.monotonic(),
-            )
-        return credentials
+        return self._hand_out(record, self._refresher.bound_to(asyncio.get_running_loop()))
 
     async def _adopt_or_refresh(self, user_id: str, rejected_token: str | None) -> TokenRecord:
         record = await self._run(_flows.adopt_or_refresh(self._core, user_id, rejected_token))

@@ -25,25 +25,11 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from ._db_errors import connect_error, drop_traceback
 from ._options import Conninfo
+from ._pool_book import PoolBook
 from .exceptions import ConfigurationError, DatabaseUnavailableError, TokenStoreError
 
 Connection = psycopg.Connection[tuple[Any, ...]]
 _IDLE = psycopg.pq.TransactionStatus.IDLE
-
-#: An idle connection unused for this long is closed instead of reused (seconds): firewalls
-#: and PgBouncer drop quiet connections, and after a failover it may point at the old server.
-MAX_IDLE = 300.0
-#: Connections are replaced after this long (seconds), so that load moves to new servers.
-MAX_LIFETIME = 1800.0
-
-
-class _Entry:
-    __slots__ = ("conn", "opened", "returned")
-
-    def __init__(self, conn: Connection, opened: float) -> None:
-        self.conn = conn
-        self.opened = opened
-        self.returned = opened
 
 
 class Pool:
@@ -59,14 +45,10 @@ class Pool:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._conninfo = conninfo
-        self._max_size = max_size
         self._connect_timeout = connect_timeout
         self._prepare_threshold = prepare_threshold
         self._clock = clock
-        self._idle: list[_Entry] = []
-        self._opened: dict[int, float] = {}  # id(conn) -> monotonic open time
-        self._size = 0
-        self._closed = False
+        self._book: PoolBook[Connection] = PoolBook(max_size)
         self._ready = threading.Condition(threading.Lock())
 
     def getconn(self) -> Connection:
@@ -79,29 +61,20 @@ class Pool:
         stale: list[Connection] = []
         with self._ready:
             while True:
-                if self._closed:
+                if self._book.closed:
                     raise DatabaseUnavailableError("this store is closed")
-                now = self._clock()
-                while self._idle:
-                    entry = self._idle.pop()
-                    if now - entry.returned < MAX_IDLE and now - entry.opened < MAX_LIFETIME:
-                        conn = entry.conn
-                        break
-                    stale.append(entry.conn)
-                    self._forget(entry.conn)
-                else:
-                    conn = None
-                if conn is not None or self._size < self._max_size:
+                conn, grow, old = self._book.take(self._clock())
+                stale += old
+                if conn is not None or grow:
                     break
-                if not self._ready.wait(deadline - now) and self._clock() >= deadline:
+                if not self._ready.wait(deadline - self._clock()) and self._clock() >= deadline:
                     raise DatabaseUnavailableError(
-                        f"all {self._max_size} database connections of this store stayed busy "
-                        f"for {self._connect_timeout:g} s; retry later (or raise max_connections)"
+                        f"all {self._book.max_size} database connections of this store stayed "
+                        f"busy for {self._connect_timeout:g} s; retry later (or raise "
+                        "max_connections)"
                     )
-            if conn is None:
-                self._size += 1
-        for old in stale:
-            _close_quietly(old)
+        for old_conn in stale:
+            _close_quietly(old_conn)
         return conn if conn is not None else self._connect(deadline)
 
     def _connect(self, deadline: float) -> Connection:
@@ -121,63 +94,43 @@ class Pool:
             )
             drop_traceback(exc)
         except BaseException:
-            self._give_back_slot()
+            self._abandon_slot()
             raise
         if failure is not None:  # raised here, not in the except: nothing chains to libpq's error
-            self._give_back_slot()
+            self._abandon_slot()
             raise failure
         with self._ready:
-            self._opened[id(conn)] = self._clock()
+            self._book.opened(conn, self._clock())
         return conn
 
-    def _give_back_slot(self) -> None:
+    def _abandon_slot(self) -> None:
         with self._ready:
-            self._size -= 1
+            self._book.abandoned()
             self._ready.notify()
 
     def putconn(self, conn: Connection) -> None:
         """Give a connection back: kept if it is healthy and idle, closed otherwise."""
         healthy = not conn.closed and not conn.broken and conn.info.transaction_status is _IDLE
         with self._ready:
-            if healthy and not self._closed:
-                entry = _Entry(conn, self._opened.get(id(conn), 0.0))
-                entry.returned = self._clock()
-                self._idle.append(entry)
-                self._ready.notify()
-                return
-            self._forget(conn)
+            kept = self._book.give_back(conn, healthy=healthy, now=self._clock())
             self._ready.notify()
-        _close_quietly(conn)
+        if not kept:
+            _close_quietly(conn)
 
     def discard(self, conn: Connection) -> None:
-        """Close a connection that failed. If it broke, the idle ones likely did too (a
-        server restart or failover ends them all): they are closed, so the retry and the
-        next callers connect afresh instead of failing one by one."""
-        broken = conn.broken or conn.closed
+        """Close a connection that failed (and the idle ones, if it broke: see PoolBook)."""
         with self._ready:
-            self._forget(conn)
-            dropped = [entry.conn for entry in self._idle] if broken else []
-            if broken:
-                for entry in self._idle:
-                    self._forget(entry.conn)
-                self._idle.clear()
+            closing = self._book.discard(conn, broken=conn.broken or conn.closed)
             self._ready.notify_all()
-        for other in [conn, *dropped]:
-            _close_quietly(other)
-
-    def _forget(self, conn: Connection) -> None:
-        if self._opened.pop(id(conn), None) is not None:
-            self._size -= 1
+        for each in closing:
+            _close_quietly(each)
 
     def close(self) -> None:
         with self._ready:
-            self._closed = True
-            idle, self._idle = self._idle, []
-            for entry in idle:
-                self._forget(entry.conn)
+            idle = self._book.close()
             self._ready.notify_all()
-        for entry in idle:
-            _close_quietly(entry.conn)
+        for conn in idle:
+            _close_quietly(conn)
 
 
 def _close_quietly(conn: Connection) -> None:

@@ -24,7 +24,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from ._db_errors import connect_error, drop_traceback
 from ._options import Conninfo
-from ._pool import MAX_IDLE, MAX_LIFETIME
+from ._pool_book import PoolBook
 from .exceptions import ConfigurationError, DatabaseUnavailableError, TokenStoreError
 
 AsyncConnection = psycopg.AsyncConnection[tuple[Any, ...]]
@@ -43,28 +43,21 @@ class AsyncPool:
         prepare_threshold: int | None,
     ) -> None:
         self._conninfo = conninfo
-        self._max_size = max_size
         self._connect_timeout = connect_timeout
         self._prepare_threshold = prepare_threshold
         self._lock = threading.Lock()
-        self._idle: list[tuple[AsyncConnection, float]] = []  # (conn, returned at)
-        self._opened: dict[int, float] = {}
-        self._size = 0
-        self._closed = False
+        self._book: PoolBook[AsyncConnection] = PoolBook(max_size)
         self._waiters: deque[asyncio.Future[None]] = deque()
 
     async def getconn(self) -> AsyncConnection:
         deadline = time.monotonic() + self._connect_timeout
         while True:
+            waiter: asyncio.Future[None] | None = None
             with self._lock:
-                if self._closed:
+                if self._book.closed:
                     raise DatabaseUnavailableError("this store is closed")
-                conn, stale = self._take_idle()
-                grow = conn is None and self._size < self._max_size
-                waiter: asyncio.Future[None] | None = None
-                if grow:
-                    self._size += 1
-                elif conn is None:
+                conn, grow, stale = self._book.take(time.monotonic())
+                if conn is None and not grow:
                     waiter = asyncio.get_running_loop().create_future()
                     self._waiters.append(waiter)
             for old in stale:
@@ -75,25 +68,12 @@ class AsyncPool:
                 return await self._connect(deadline)
             await self._wait(waiter, deadline)
 
-    def _take_idle(self) -> tuple[AsyncConnection | None, list[AsyncConnection]]:
-        """The most recently used idle connection still young enough, and the stale ones."""
-        now = time.monotonic()
-        stale: list[AsyncConnection] = []
-        while self._idle:
-            candidate, returned = self._idle.pop()
-            opened = self._opened.get(id(candidate), 0.0)
-            if now - returned < MAX_IDLE and now - opened < MAX_LIFETIME:
-                return candidate, stale
-            stale.append(candidate)
-            self._forget(candidate)
-        return None, stale
-
     async def _wait(self, waiter: asyncio.Future[None], deadline: float) -> None:
         try:
             await asyncio.wait_for(waiter, max(deadline - time.monotonic(), 0.0))
         except TimeoutError:
             raise DatabaseUnavailableError(
-                f"all {self._max_size} database connections of this store stayed busy "
+                f"all {self._book.max_size} database connections of this store stayed busy "
                 f"for {self._connect_timeout:g} s; retry later (or raise max_connections)"
             ) from None
         finally:
@@ -117,48 +97,35 @@ class AsyncPool:
             )
             drop_traceback(exc)
         except BaseException:
-            self._give_back_slot()
+            self._abandon_slot()
             raise
         if failure is not None:  # see _pool.Pool._connect
-            self._give_back_slot()
+            self._abandon_slot()
             raise failure
         with self._lock:
-            self._opened[id(conn)] = time.monotonic()
+            self._book.opened(conn, time.monotonic())
         return conn
 
-    def _give_back_slot(self) -> None:
+    def _abandon_slot(self) -> None:
         with self._lock:
-            self._size -= 1
+            self._book.abandoned()
             self._wake_one()
 
     async def putconn(self, conn: AsyncConnection) -> None:
         healthy = not conn.closed and not conn.broken and conn.info.transaction_status is _IDLE
         with self._lock:
-            if healthy and not self._closed:
-                self._idle.append((conn, time.monotonic()))
-                self._wake_one()
-                return
-            self._forget(conn)
+            kept = self._book.give_back(conn, healthy=healthy, now=time.monotonic())
             self._wake_one()
-        await _close_quietly(conn)
+        if not kept:
+            await _close_quietly(conn)
 
     async def discard(self, conn: AsyncConnection) -> None:
-        """Close a failed connection; if it broke, close the idle ones too (see `_pool`)."""
-        broken = conn.broken or conn.closed
+        """Close a failed connection; if it broke, the idle ones too (see PoolBook)."""
         with self._lock:
-            self._forget(conn)
-            dropped = [idle for idle, _ in self._idle] if broken else []
-            if broken:
-                for idle in dropped:
-                    self._forget(idle)
-                self._idle.clear()
+            closing = self._book.discard(conn, broken=conn.broken or conn.closed)
             self._wake_one()
-        for other in [conn, *dropped]:
-            await _close_quietly(other)
-
-    def _forget(self, conn: AsyncConnection) -> None:
-        if self._opened.pop(id(conn), None) is not None:
-            self._size -= 1
+        for each in closing:
+            await _close_quietly(each)
 
     def _wake_one(self) -> None:
         while self._waiters:
@@ -169,14 +136,11 @@ class AsyncPool:
 
     async def close(self) -> None:
         with self._lock:
-            self._closed = True
-            idle, self._idle = self._idle, []
-            for conn, _ in idle:
-                self._forget(conn)
+            idle = self._book.close()
             waiters, self._waiters = list(self._waiters), deque()
         for waiter in waiters:
             waiter.get_loop().call_soon_threadsafe(_set_if_pending, waiter)
-        for conn, _ in idle:
+        for conn in idle:
             await _close_quietly(conn)
 
 

@@ -33,6 +33,9 @@ FAILURE_KEY = "refresh_failure"
 MAX_COLUMN_CHARS = 64 * 1024
 #: Gmail has about a dozen scopes; a grant with more than this many is not a real one.
 MAX_SCOPES = 256
+#: JSON nested deeper than this is refused, whatever the interpreter's recursion limit
+#: would allow (Python 3.13 decodes thousands of levels that 3.11 refuses).
+MAX_DEPTH = 64
 
 
 def fingerprint(refresh_token: str) -> str:
@@ -129,12 +132,37 @@ def _decoded(text: Any, column: str) -> Any:
         return text
     if len(text) > MAX_COLUMN_CHARS:
         raise _Unreadable(f"{column} holds {len(text):,} characters (at most {MAX_COLUMN_CHARS:,})")
+    if text.count("[") + text.count("{") > MAX_DEPTH and _too_deep(text):
+        raise _Unreadable(f"{column} is nested too deeply")
     try:
         return json.loads(text)
     except RecursionError:
         raise _Unreadable(f"{column} is nested too deeply") from None
     except ValueError:  # also numbers with more digits than int() accepts
         raise _Unreadable(f"{column} holds JSON that cannot be decoded") from None
+
+
+def _too_deep(text: str) -> bool:
+    """Does this JSON nest deeper than MAX_DEPTH? (Only run when it might: it is a loop.)"""
+    depth = 0
+    in_string = escaped = False
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            if depth > MAX_DEPTH:
+                return True
+        elif char in "]}":
+            depth -= 1
+    return False
 
 
 def _object(value: Any, column: str, *, required: bool) -> dict[str, Any]:

@@ -23,17 +23,14 @@ from google.oauth2.credentials import Credentials
 from psycopg_pool import ConnectionPool
 
 from . import _flows, _fork
-from ._cache import CredentialsCache
-from ._core import Core
 from ._db_errors import database_error
 from ._effects import Flow
 from ._events import logger
-from ._handout import hand_out
 from ._keepalive import KeepaliveReport, refresh_all
-from ._options import StoreOptions, conninfo_from, dsn_from_env, options_from_env, settings_from
+from ._options import StoreOptions, conninfo_from, dsn_from_env, options_from_env
 from ._record import TokenRecord
 from ._results import RefreshResult, TokenStatus
-from ._store_common import check_save_input, refresh_result
+from ._store_common import StoreBase, check_save_input, refresh_result
 from ._sync_io import SyncIO
 from ._user_id import parse_user_id
 from .exceptions import TokenStoreError
@@ -42,7 +39,7 @@ T = TypeVar("T")
 _monotonic = time.monotonic  # a global lookup fewer on the cache-hit path
 
 
-class TokenStore:
+class TokenStore(StoreBase):
     """Valid Gmail credentials from the gmail_token table, refreshed at most once at a time.
 
     Args:
@@ -58,15 +55,9 @@ class TokenStore:
     def __init__(
         self, conninfo: str | ConnectionPool[Any], /, **options: Unpack[StoreOptions]
     ) -> None:
-        self._settings = settings = settings_from(options)
-        self._core = Core(settings)
-        self._cache = (
-            CredentialsCache(ttl=settings.cache_ttl, max_entries=settings.cache_size)
-            if settings.cache_ttl
-            else None
-        )
+        super().__init__(options)
         self._io = SyncIO(
-            settings,
+            self._settings,
             conninfo if isinstance(conninfo, ConnectionPool) else conninfo_from(conninfo),
             self._cache,
         )
@@ -97,12 +88,7 @@ class TokenStore:
             if self._core.kept.unsaved_count and self._io.opened:
                 self._core.next_flush = 0.0
                 self._flush_kept()
-            for user in self._core.kept.pending():
-                logger.error(
-                    "the refreshed Gmail grant of user %s was never saved (the database did "
-                    "not answer) and is lost with this store; the user may have to re-authorize",
-                    user.user_id,
-                )
+            self._report_lost_grants()
             self._io.close()
             if self._cache is not None:
                 self._cache.clear()
@@ -114,23 +100,13 @@ class TokenStore:
         self.close()
 
     def __repr__(self) -> str:
-        return (
-            f"<TokenStore refresh_margin={self._settings.refresh_margin} "
-            f"cache={'on' if self._cache else 'off'}{' closed' if self._io.closed else ''}>"
-        )
-
-    @property
-    def refresh_margin(self) -> float:
-        """Seconds before expiry from which a token is refreshed."""
-        return self._settings.refresh_margin
+        return self._describe(self._io.closed)
 
     def _after_fork_in_child(self) -> None:
         # See `_fork`: the parent's connections, HTTP client and flights stay untouched.
         self._io.after_fork()
         self._closing = threading.Lock()
-        self._core.after_fork()
-        if self._cache is not None:
-            self._cache.after_fork()
+        self._forget_parent()
 
     # --- public operations ---------------------------------------------------------------
 
@@ -249,16 +225,6 @@ class TokenStore:
             )
         )
 
-    def invalidate(self, user_id: str | uuid.UUID) -> None:
-        """Forget the user's cached credentials; the next call reads the row."""
-        uid = parse_user_id(user_id)
-        if self._cache is not None:
-            self._cache.invalidate(uid)
-
-    def token_uri_problem(self, token_uri: str) -> str | None:
-        """Why this store would refuse to send a client secret to `token_uri`, or None."""
-        return self._core.policy.refusal(token_uri)
-
     def create_table(self) -> bool:
         """Create gmail_token if it does not exist (never alters it); True if created."""
         return self._run(_flows.create_table())
@@ -285,18 +251,7 @@ class TokenStore:
             logger.warning("could not write kept grants yet: %s", exc)
 
     def _remember(self, record: TokenRecord) -> Credentials:
-        core = self._core
-        credentials = hand_out(record, self._refresh_handed_out, core.handout_windows, core.clock)
-        if self._cache is not None:
-            self._cache.put(
-                record.user_id,
-                credentials,
-                frozenset(record.scopes) if record.scopes is not None else None,
-                seconds_left=record.seconds_left(core.clock.db_now(time.time())),
-                refresh_margin=self._settings.refresh_margin,
-                now=time.monotonic(),
-            )
-        return credentials
+        return self._hand_out(record, self._refresh_handed_out)
 
     def _refresh_handed_out(self, user_id: str, rejected_token: str | None) -> TokenRecord:
         record = self._run(_flows.adopt_or_refresh(self._core, user_id, rejected_token))

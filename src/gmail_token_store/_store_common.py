@@ -1,19 +1,90 @@
-"""Small pieces both stores use outside the flows: input checks and result building."""
+"""What both stores share outside the flows: options, decision state, cache, hand-out,
+input checks and result building. Each store adds only how it performs I/O."""
 
 from __future__ import annotations
 
+import time
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
 from google.oauth2.credentials import Credentials
 
+from ._cache import CredentialsCache
 from ._core import Core
+from ._events import logger
+from ._handout import Refresher, hand_out
+from ._options import StoreOptions, settings_from
 from ._record import TokenRecord
 from ._results import RefreshResult
+from ._user_id import parse_user_id
 
 _TIMESTAMPTZ_OID = 1184
 #: The width of the production table's robeing_id column (VARCHAR(50)).
 _ROBEING_ID_MAX = 50
+
+
+class StoreBase:
+    """The parts of TokenStore and AsyncTokenStore that do no I/O."""
+
+    def __init__(self, options: StoreOptions) -> None:
+        self._settings = settings = settings_from(options)
+        self._core = Core(settings)
+        self._cache = (
+            CredentialsCache(ttl=settings.cache_ttl, max_entries=settings.cache_size)
+            if settings.cache_ttl
+            else None
+        )
+
+    @property
+    def refresh_margin(self) -> float:
+        """Seconds before expiry from which a token is refreshed."""
+        return self._settings.refresh_margin
+
+    def invalidate(self, user_id: str | uuid.UUID) -> None:
+        """Forget the user's cached credentials; the next call reads the row."""
+        uid = parse_user_id(user_id)
+        if self._cache is not None:
+            self._cache.invalidate(uid)
+
+    def token_uri_problem(self, token_uri: str) -> str | None:
+        """Why this store would refuse to send a client secret to `token_uri`, or None."""
+        return self._core.policy.refusal(token_uri)
+
+    def _describe(self, closed: bool) -> str:
+        return (
+            f"<{type(self).__name__} refresh_margin={self._settings.refresh_margin} "
+            f"cache={'on' if self._cache else 'off'}{' closed' if closed else ''}>"
+        )
+
+    def _hand_out(self, record: TokenRecord, refresher: Refresher) -> Credentials:
+        """The Credentials for a record, kept in the cache (when on) until they are due."""
+        core = self._core
+        credentials = hand_out(record, refresher, core.handout_windows, core.clock)
+        if self._cache is not None:
+            self._cache.put(
+                record.user_id,
+                credentials,
+                frozenset(record.scopes) if record.scopes is not None else None,
+                seconds_left=record.seconds_left(core.clock.db_now(time.time())),
+                refresh_margin=self._settings.refresh_margin,
+                now=time.monotonic(),
+            )
+        return credentials
+
+    def _report_lost_grants(self) -> None:
+        for grant in self._core.kept.pending():
+            logger.error(
+                "the refreshed Gmail grant of user %s was never saved (the database did not "
+                "answer) and is lost with this store; the user may have to re-authorize",
+                grant.user_id,
+            )
+
+    def _forget_parent(self) -> None:
+        """In a forked child: the decision state and cache, without the parent's locks."""
+        self._core.after_fork()
+        if self._cache is not None:
+            self._cache.after_fork()
 
 
 def check_save_input(credentials: object, robeing_id: object, metadata: object) -> None:
