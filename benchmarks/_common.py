@@ -13,8 +13,7 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 from psycopg.types.json import Jsonb
 
-from gmail_token_store import GMAIL_SEND, TokenStoreError
-from gmail_token_store._sql import CREATE_TABLE
+from gmail_token_store import GMAIL_SEND, TokenStoreError, create_table
 from gmail_token_store.testing import PostgresServer, throwaway_postgresql
 
 
@@ -22,8 +21,7 @@ from gmail_token_store.testing import PostgresServer, throwaway_postgresql
 def database() -> Iterator[PostgresServer]:
     """A throwaway PostgreSQL holding an empty gmail_token table."""
     with throwaway_postgresql() as server:
-        with psycopg.connect(server.dsn, autocommit=True) as conn:
-            conn.execute(CREATE_TABLE.text)
+        create_table(server.dsn)
         yield server
 
 

@@ -13,8 +13,7 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 from psycopg.types.json import Jsonb
 
-from gmail_token_store import GMAIL_SEND, TokenStore
-from gmail_token_store._sql import CREATE_TABLE
+from gmail_token_store import GMAIL_SEND, TokenStore, create_table
 from gmail_token_store.testing import FakeTokenEndpoint, throwaway_postgresql
 
 USER_ID = "dddddddd-dddd-dddd-dddd-dddddddddddd"
@@ -38,8 +37,8 @@ def stored_token(dsn: str) -> tuple[str, datetime]:
 def main() -> None:
     print("Starting a throwaway PostgreSQL and the fake Google token endpoint (loopback only)…")
     with throwaway_postgresql() as postgres, FakeTokenEndpoint() as endpoint:
+        create_table(postgres.dsn)  # what `gmail-token-store init-db` runs
         with psycopg.connect(postgres.dsn, autocommit=True) as conn:
-            conn.execute(CREATE_TABLE.text)
             conn.execute(
                 "INSERT INTO gmail_token (user_id, robeing_id, token_data, oauth_config, scopes,"
                 " metadata, expiry) VALUES (%s, %s, %s, %s, %s, %s, %s)",

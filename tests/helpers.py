@@ -54,6 +54,13 @@ def call_together(callers: int, call: Callable[[], T]) -> list[T]:
     return results
 
 
+def herd(kind: str, processes: int, callers: int) -> dict[str, int]:
+    """`processes` of `callers` threads (sync stores) or coroutines (async stores)."""
+    if kind == "sync":
+        return {"processes": processes, "threads": callers}
+    return {"processes": 0, "threads": 0, "async_processes": processes, "coroutines": callers}
+
+
 def run_herd(dsn: str, user_id: str, **herd: Any) -> list[tuple[str, float]]:
     """The herd from gmail_token_store.testing; fails the test if any caller failed."""
     calls = testing.run_herd(dsn, user_id, **herd)

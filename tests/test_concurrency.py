@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import pytest
+
 from gmail_token_store import TokenStore
 from gmail_token_store.testing import FakeTokenEndpoint
 
 from conftest import SeedRow
-from helpers import call_together, run_herd
+from helpers import call_together, herd, run_herd
 
 
 def test_threads_of_one_process_share_one_refresh(
@@ -23,25 +25,33 @@ def test_threads_of_one_process_share_one_refresh(
     assert tokens == [request.issued_access_token] * 12
 
 
+@pytest.mark.parametrize("kind", ["sync", "async"])
 def test_herd_of_24_callers_in_6_processes_on_an_expiring_token_makes_one_request(
-    dsn: str, seed: SeedRow, endpoint: FakeTokenEndpoint
+    dsn: str, seed: SeedRow, endpoint: FakeTokenEndpoint, kind: str
 ) -> None:
     endpoint.latency = 0.2  # the lock is held long enough for everybody to pile up
     row = seed(expires_in=20)  # inside the mandatory window: everybody must wait
     outcomes = run_herd(
-        dsn, row.user_id, processes=6, threads=4, store_options={"cache_ttl": 0, "lock_timeout": 30}
+        dsn,
+        row.user_id,
+        **herd(kind, 6, 4),
+        store_options={"cache_ttl": 0, "lock_timeout": 30},
     )
     [request] = endpoint.refresh_requests()
     assert [token for token, _ in outcomes] == [request.issued_access_token] * 24
 
 
+@pytest.mark.parametrize("kind", ["sync", "async"])
 def test_herd_inside_the_refresh_window_does_not_wait_for_the_refresh(
-    dsn: str, seed: SeedRow, endpoint: FakeTokenEndpoint
+    dsn: str, seed: SeedRow, endpoint: FakeTokenEndpoint, kind: str
 ) -> None:
     endpoint.latency = 1.5  # a slow token endpoint
     row = seed(expires_in=120)  # advisory window: 2 minutes left
     outcomes = run_herd(
-        dsn, row.user_id, processes=4, threads=4, store_options={"cache_ttl": 0, "lock_timeout": 30}
+        dsn,
+        row.user_id,
+        **herd(kind, 4, 4),
+        store_options={"cache_ttl": 0, "lock_timeout": 30},
     )
     [request] = endpoint.refresh_requests()
     tokens = [token for token, _ in outcomes]

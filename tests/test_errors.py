@@ -25,10 +25,12 @@ from gmail_token_store import (
     TokenStore,
     TokenStoreError,
 )
+from gmail_token_store._effects import Flow, Query
+from gmail_token_store._sql import READ_ROW
 from gmail_token_store.testing import FakeTokenEndpoint, FaultProxy, PostgresServer
 
 from conftest import CLIENT_ID, CLIENT_SECRET, SeedRow
-from helpers import DSN_PASSWORD, Cli
+from helpers import DSN_PASSWORD, AsyncFacade, Cli, idle_connections
 
 PASSWORD = "right-password-" + "W" * 8
 
@@ -337,3 +339,30 @@ def test_every_command_reports_database_problems_in_one_line(
             name,
             lines[0],
         )
+
+
+def test_a_row_for_another_user_is_never_handed_out_and_its_connection_is_discarded(
+    store: TokenStore, seed: SeedRow
+) -> None:
+    # A connection out of step answers the previous caller's query: here, a statement
+    # asked for `theirs` while the caller expects `mine`, as a desynchronized socket would.
+    mine, theirs = seed(), seed()
+    store.get_credentials(mine.user_id)  # one pooled connection
+    [before] = idle_connections(store)
+    query = Query(READ_ROW, (theirs.user_id,), user_id=mine.user_id)
+
+    def drive() -> Any:
+        if isinstance(store, AsyncFacade):
+            return store.call(store.store._io.drive(_one(query)))
+        return store._io.drive(_one(query))
+
+    with pytest.raises(DatabaseUnavailableError, match="not user") as caught:
+        drive()
+    assert caught.value.retryable
+    assert before.closed and idle_connections(store) == []  # discarded, not reused
+    assert store.get_credentials(mine.user_id).token == mine.access_token
+
+
+def _one(query: Query) -> Flow[Any]:
+    rows = yield query
+    return rows

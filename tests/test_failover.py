@@ -23,6 +23,8 @@ from gmail_token_store.testing import (
     throwaway_replicated_postgresql,
 )
 
+from helpers import Cli
+
 #: After the promotion, every call must succeed again within this (seconds).
 SETTLES_WITHIN = 3.0
 
@@ -179,3 +181,36 @@ def test_a_write_the_standby_never_received_is_written_again_after_the_failover(
     with TokenStore(replicated.dsn, cache_ttl=0) as fresh_store:
         assert fresh_store.refresh(grant.user_id, force=True).status == "refreshed"
     assert [r.reply.value for r in rotating.refresh_requests()] == ["ok", "ok"]
+
+
+def test_a_standby_is_a_retryable_outage_never_an_operators_problem(
+    replicated: ReplicatedPostgres,
+    make_store: Callable[..., TokenStore],
+    endpoint: FakeTokenEndpoint,
+) -> None:
+    fresh = insert_grant(replicated.primary.dsn, token_uri=endpoint.token_uri)
+    due = insert_grant(replicated.primary.dsn, token_uri=endpoint.token_uri, expires_in=-10)
+    replicated.wait_for_replay()
+    # Pointed at the standby alone (a DSN without target_session_attrs, a demoted primary):
+    store = make_store(conninfo=replicated.standby.dsn, connect_timeout=2)
+    assert store.get_credentials(fresh.user_id).token == fresh.access_token  # reads work
+    with pytest.raises(TokenStoreError) as caught:
+        store.get_credentials(due.user_id)  # the row lock needs a writable server (25006)
+    assert caught.value.retryable and "read-only" in str(caught.value)
+    assert endpoint.requests == []
+
+
+def test_the_command_follows_the_primary_through_a_multi_host_dsn(
+    replicated: ReplicatedPostgres, endpoint: FakeTokenEndpoint
+) -> None:
+    grant = insert_grant(replicated.primary.dsn, token_uri=endpoint.token_uri, expires_in=-10)
+    replicated.wait_for_replay()
+    replicated.primary.stop_serving()
+    replicated.standby.promote()
+    cli = Cli(replicated.dsn)
+    cli.secrets |= {grant.access_token, grant.refresh_token}
+    listing = cli("list")
+    assert listing.returncode == 0 and grant.user_id in listing.stdout
+    keepalive = cli("refresh-all")
+    assert keepalive.returncode == 0 and "refreshed:             1" in keepalive.stdout
+    assert cli.leaked(endpoint) == []

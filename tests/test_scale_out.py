@@ -16,7 +16,7 @@ from gmail_token_store.testing import (
 )
 
 from conftest import SeedRow
-from helpers import StatementCounter, run_herd
+from helpers import StatementCounter, herd, run_herd
 
 
 @pytest.fixture(scope="module")
@@ -48,16 +48,16 @@ def test_hot_reads_past_the_prepare_threshold_work_through_pgbouncer(
     assert len(endpoint.refresh_requests()) == 3
 
 
+@pytest.mark.parametrize("kind", ["sync", "async"])
 def test_herd_of_4_processes_through_pgbouncer_makes_one_request(
-    bouncer_dsn: str, seed: SeedRow, endpoint: FakeTokenEndpoint
+    bouncer_dsn: str, seed: SeedRow, endpoint: FakeTokenEndpoint, kind: str
 ) -> None:
     endpoint.latency = 0.2
     row = seed(expires_in=10)
     outcomes = run_herd(
         bouncer_dsn,
         row.user_id,
-        processes=4,
-        threads=3,
+        **herd(kind, 4, 3),
         store_options={"cache_ttl": 0, "prepare_threshold": None, "lock_timeout": 30},
     )
     [request] = endpoint.refresh_requests()
