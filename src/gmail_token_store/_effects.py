@@ -15,7 +15,7 @@ from typing import Any, TypeAlias, TypeVar
 
 from psycopg import sql
 
-from ._sql import Statement
+from ._sql import REFRESH_PRIVILEGE, Statement
 
 T = TypeVar("T")
 #: A flow: yields effects, receives their results, returns a T.
@@ -74,7 +74,7 @@ class LockRow:
     user_id: str
     statement: sql.Composed
     #: What the lock needs (named in a permission error): `FOR NO KEY UPDATE` needs UPDATE.
-    privilege: str = "SELECT, UPDATE"
+    privilege: str = REFRESH_PRIVILEGE
 
 
 @dataclass(frozen=True, slots=True)

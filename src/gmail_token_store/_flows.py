@@ -14,7 +14,7 @@ from typing import Any
 from google.oauth2.credentials import Credentials
 
 from ._core import Core
-from ._db_errors import ConnectionLost, LockWaitTimeout
+from ._db_errors import LockWaitTimeout
 from ._effects import (
     ClockSample,
     Commit,
@@ -37,7 +37,7 @@ from ._freshness import Plan, still_valid
 from ._kept import Verdict, verdict
 from ._policy import raise_if_unusable
 from ._record import TokenRecord
-from ._refresh_flow import Need, locked_refresh, save_kept
+from ._refresh_flow import Need, locked_refresh, once_more_if_lost, save_kept
 from ._results import TokenStatus
 from ._row_writes import grant_columns, optional_json, to_json
 from ._sql import CHECK_ROW, CREATE_TABLE, LIST_ROWS, TABLE_EXISTS, UPSERT_GRANT, lock_row
@@ -64,11 +64,7 @@ def read_row(core: Core, user_id: str) -> Flow[tuple[TokenRecord, float]]:
     One retry on a fresh connection if the first one broke (a server restart). A row older
     than a grant this process holds for it (see `_kept`) is brought up to date first.
     """
-    read: RowRead
-    try:
-        read = yield ReadRow(user_id)
-    except ConnectionLost:
-        read = yield ReadRow(user_id)
+    read: RowRead = yield from once_more_if_lost(ReadRow(user_id))
     if read.row is None or read.clock is None:
         raise TokenNotFoundError(user_id)
     clock: ClockSample = read.clock
@@ -276,24 +272,15 @@ def _status(core: Core, row: Sequence[Any]) -> TokenStatus:
     )
 
 
-def _read_again_if_lost(query: Query) -> Flow[list[Any]]:
-    """Run a read; once more on a fresh connection if the first broke (a restart)."""
-    try:
-        rows: list[Any] = yield query
-    except ConnectionLost:
-        rows = yield query
-    return rows
-
-
 def check(core: Core, user_id: str) -> Flow[TokenStatus]:
     """The health of one grant; never raises for a row that exists."""
-    rows = yield from _read_again_if_lost(Query(CHECK_ROW, (user_id,), user_id=user_id))
+    rows = yield from once_more_if_lost(Query(CHECK_ROW, (user_id,), user_id=user_id))
     return _status(core, rows[0]) if rows else not_found(user_id)
 
 
 def check_all(core: Core) -> Flow[list[TokenStatus]]:
     """The health of every grant, oldest row first; a broken row is reported, not raised."""
-    rows = yield from _read_again_if_lost(Query(LIST_ROWS, ()))
+    rows = yield from once_more_if_lost(Query(LIST_ROWS, ()))
     return [_status(core, row) for row in rows]
 
 
@@ -318,10 +305,7 @@ def save(
         idle_timeout_ms=int(core.windows.idle_in_transaction_timeout * 1000),
     )
     try:
-        try:
-            locked: RowRead = yield LockRow(user_id, statement)
-        except ConnectionLost:  # nothing was written yet: once more, on a fresh connection
-            locked = yield LockRow(user_id, statement)
+        locked: RowRead = yield from once_more_if_lost(LockRow(user_id, statement))
     except LockWaitTimeout:
         raise DatabaseUnavailableError(
             f"the row of user {user_id} stayed locked by another process for "
@@ -366,7 +350,7 @@ def save(
     return record
 
 
-def create_table(_core: Core | None = None) -> Flow[bool]:
+def create_table() -> Flow[bool]:
     """Create gmail_token if it does not exist; True when it was created."""
     rows = yield Query(TABLE_EXISTS, ())
     if rows and rows[0][0]:

@@ -90,9 +90,6 @@ class KeptGrants:
         #: Number of unsaved grants: every call checks this one integer.
         self.unsaved_count = 0
 
-    def __len__(self) -> int:
-        return len(self._grants)
-
     def get(self, user_id: str) -> KeptGrant | None:
         return self._grants.get(user_id)
 
@@ -132,11 +129,6 @@ class KeptGrants:
             grant = self._grants.get(user_id)
             if grant is not None and access_token in (None, grant.access_token):
                 self._remove(user_id)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._grants.clear()
-            self.unsaved_count = 0
 
     def after_fork(self) -> None:
         """In a child process: the parent keeps (and writes) its grants; start empty."""

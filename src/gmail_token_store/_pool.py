@@ -17,7 +17,6 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -42,12 +41,11 @@ class Pool:
         max_size: int,
         connect_timeout: float,
         prepare_threshold: int | None,
-        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._conninfo = conninfo
         self._connect_timeout = connect_timeout
         self._prepare_threshold = prepare_threshold
-        self._clock = clock
+        self._clock = time.monotonic
         self._book: PoolBook[Connection] = PoolBook(max_size)
         self._ready = threading.Condition(threading.Lock())
 

@@ -80,6 +80,16 @@ FLUSH_INTERVAL = 1.0
 Need = Callable[[TokenRecord, float], bool]
 
 
+def once_more_if_lost(effect: Any) -> Flow[Any]:
+    """Perform a database effect; once more, on a fresh connection, if the connection broke
+    (a server restart, a failover). Only for effects that had not changed anything yet."""
+    try:
+        return (yield effect)
+    except ConnectionLost as lost:
+        yield Log(logging.INFO, f"database connection lost ({lost}); retrying once")
+        return (yield effect)
+
+
 def locked_refresh(
     core: Core, seen: TokenRecord, need: Need, lock_wait: float | None
 ) -> Flow[TokenRecord]:
@@ -129,20 +139,14 @@ def _lock(
         wait_ms=None if lock_wait is None else int(lock_wait * 1000),
         idle_timeout_ms=int(core.windows.idle_in_transaction_timeout * 1000),
     )
-    for attempt in (1, 2):
-        try:
-            locked: RowRead = yield LockRow(uid, statement)
-            break
-        except ConnectionLost as lost:
-            if attempt == 2:
-                raise
-            # Nothing was sent to the token endpoint yet: safe to run again.
-            yield Log(logging.INFO, f"database connection lost ({lost}); retrying once")
-        except LockWaitTimeout:
-            yield Emit("lock_timeout", uid, email, started, error="lock_timeout")
-            raise RefreshFailedError(
-                uid, email, f"another process held the row lock for more than {lock_wait or 0:g} s"
-            ) from None
+    try:
+        # Nothing was sent to the token endpoint yet: safe to run again.
+        locked: RowRead = yield from once_more_if_lost(LockRow(uid, statement))
+    except LockWaitTimeout:
+        yield Emit("lock_timeout", uid, email, started, error="lock_timeout")
+        raise RefreshFailedError(
+            uid, email, f"another process held the row lock for more than {lock_wait or 0:g} s"
+        ) from None
     if locked.row is None or locked.clock is None:
         if lock_wait is None:
             return None
