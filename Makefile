@@ -20,6 +20,7 @@ check: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 # PostgreSQL, PgBouncer, faketime, iptables, iproute2: installed when missing (as root), else
 # the exact apt-get command is printed.

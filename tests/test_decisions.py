@@ -15,35 +15,32 @@ import psycopg.errors
 import pytest
 
 from gmail_token_store import ConfigurationError, DatabaseUnavailableError, RefreshFailedError
-from gmail_token_store._clock import DatabaseClock
-from gmail_token_store._core import Core
-from gmail_token_store._db_errors import ConnectionLost, LockWaitTimeout, database_error
-from gmail_token_store._effects import (
-    ClockSample,
+from gmail_token_store._core.clock import ClockSample, DatabaseClock
+from gmail_token_store._core.effects import (
     Commit,
     Emit,
     Execute,
     Flow,
     Forget,
     HttpAnswer,
-    LocalClock,
     LockRow,
     Log,
     PostForm,
-    ReadClock,
     RowRead,
     Sleep,
+    Statement,
 )
-from gmail_token_store._escape import printable
-from gmail_token_store._exchange import EndpointError, Grant, classify_answer, exchange
-from gmail_token_store._freshness import Plan, Windows
-from gmail_token_store._kept import KeptGrant, Verdict, verdict
-from gmail_token_store._options import settings_from
-from gmail_token_store._policy import TokenUriPolicy, token_uri_refusal
-from gmail_token_store._record import epoch, parse_row
-from gmail_token_store._refresh_flow import locked_refresh
-from gmail_token_store._sql import RECORD_FAILURE, WRITE_GRANT
-from gmail_token_store._status import classify
+from gmail_token_store._core.errors import ConnectionLost, LockWaitTimeout
+from gmail_token_store._core.exchange import EndpointError, Grant, classify_answer, exchange
+from gmail_token_store._core.kept import KeptGrant, Verdict, verdict
+from gmail_token_store._core.policy import TokenUriPolicy, token_uri_refusal
+from gmail_token_store._core.record import epoch, parse_row
+from gmail_token_store._core.refresh import locked_refresh
+from gmail_token_store._core.state import Core
+from gmail_token_store._core.status import classify
+from gmail_token_store._core.text import printable
+from gmail_token_store._core.windows import Plan, Windows
+from gmail_token_store._io.errors import database_error
 
 NOW = epoch(datetime(2026, 11, 27, 12, 0, 0))
 WINDOWS = Windows(refresh_margin=300, mandatory_margin=60, lock_timeout=30, refresh_budget=30)
@@ -185,20 +182,25 @@ def drive(flow: Flow[Any], respond: Callable[[Any], Any]) -> tuple[list[Any], An
 
 
 class World:
-    """A clock that sleeping advances, and token answers in order."""
+    """A clock that sleeping (and each request) advances, and token answers in order; the
+    core reads the clock itself (it is injected, not an effect)."""
 
     def __init__(self, *answers: HttpAnswer) -> None:
         self.answers = list(answers)
-        self.monotonic = 100.0
+        self.now = 100.0
+
+    def time(self) -> float:
+        return NOW
+
+    def monotonic(self) -> float:
+        return self.now
 
     def __call__(self, effect: Any) -> Any:
-        if isinstance(effect, ReadClock):
-            return LocalClock(NOW, self.monotonic)
         if isinstance(effect, Sleep):
-            self.monotonic += effect.seconds
+            self.now += effect.seconds
             return None
         if isinstance(effect, PostForm):
-            self.monotonic += 0.1
+            self.now += 0.1
             return self.answers.pop(0)
         raise AssertionError(f"unexpected effect {effect}")
 
@@ -207,7 +209,9 @@ def test_exchange_retries_passing_failures_then_succeeds() -> None:
     world = World(
         answer(503, {"error": "temporarily_unavailable"}), answer(200, {"access_token": "t"})
     )
-    effects, result = drive(exchange("https://t", "1//r", "c", "s", http_timeout=10), world)
+    effects, result = drive(
+        exchange("https://t", "1//r", "c", "s", http_timeout=10, clock=world), world
+    )
     assert isinstance(result, Grant)
     posts = [e for e in effects if isinstance(e, PostForm)]
     assert len(posts) == 2 and [e.seconds for e in effects if isinstance(e, Sleep)] == [0.25]
@@ -220,13 +224,13 @@ def test_exchange_retries_passing_failures_then_succeeds() -> None:
 
 
 def test_exchange_never_retries_a_dead_grant_and_stops_after_three_requests() -> None:
-    _, dead = drive(
-        exchange("https://t", "1//r", "c", "s", http_timeout=10),
-        World(answer(400, {"error": "invalid_grant"})),
-    )
+    world = World(answer(400, {"error": "invalid_grant"}))
+    _, dead = drive(exchange("https://t", "1//r", "c", "s", http_timeout=10, clock=world), world)
     assert isinstance(dead, EndpointError) and dead.kind == "revoked"
     down = World(*[answer(500, {"error": "server_error"})] * 5)
-    effects, error = drive(exchange("https://t", "1//r", "c", "s", http_timeout=10), down)
+    effects, error = drive(
+        exchange("https://t", "1//r", "c", "s", http_timeout=10, clock=down), down
+    )
     assert isinstance(error, EndpointError) and error.kind == "transient"
     assert len([e for e in effects if isinstance(e, PostForm)]) == 3
 
@@ -394,8 +398,8 @@ class Database(World):
         if isinstance(effect, LockRow):
             return RowRead(self.locked, ClockSample(NOW, NOW, NOW))
         if isinstance(effect, Execute):
-            if effect.statement is WRITE_GRANT:
-                data = json.loads(next(iter(effect.params)))
+            if effect.statement is Statement.WRITE_GRANT:
+                data = json.loads(effect.params["token_data"])
                 return [row(token_data=json.dumps(data), left=3599)]
             return []
         if isinstance(effect, Commit | Emit | Forget | Log):
@@ -403,25 +407,33 @@ class Database(World):
         return super().__call__(effect)
 
 
-def core() -> Core:
-    return Core(settings_from({}))
+def core(clock: World) -> Core:
+    return Core(windows=WINDOWS, http_timeout=10.0, clock=clock)
+
+
+def kinds(effects: list[Any]) -> list[str]:
+    """Effect names; a write that commits reads "Execute", "Commit" (one effect does both)."""
+    names: list[str] = []
+    for effect in effects:
+        names.append(type(effect).__name__)
+        if isinstance(effect, Execute) and effect.commit:
+            names.append("Commit")
+    return names
 
 
 def test_locked_refresh_locks_rechecks_requests_writes_commits_in_that_order() -> None:
     seen = parse_row(row(left=-10))
     world = Database(row(left=-10), answer(200, {"access_token": "ya29.new", "expires_in": 3599}))
-    effects, record = drive(locked_refresh(core(), seen, WINDOWS.is_due, 30.0), world)
-    kinds = [type(e).__name__ for e in effects if not isinstance(e, ReadClock)]
-    assert kinds == ["LockRow", "PostForm", "Execute", "Commit", "Emit"]
+    effects, record = drive(locked_refresh(core(world), seen, WINDOWS.is_due, 30.0), world)
+    assert kinds(effects) == ["LockRow", "PostForm", "Execute", "Commit", "Emit"]
     assert record.access_token == "ya29.new"
 
 
 def test_locked_refresh_finds_the_token_refreshed_meanwhile_and_makes_no_request() -> None:
     seen = parse_row(row(left=-10))
-    effects, record = drive(
-        locked_refresh(core(), seen, WINDOWS.is_due, 30.0), Database(row(left=3000))
-    )
-    assert [type(e).__name__ for e in effects if not isinstance(e, ReadClock)] == [
+    world = Database(row(left=3000))
+    effects, record = drive(locked_refresh(core(world), seen, WINDOWS.is_due, 30.0), world)
+    assert kinds(effects) == [
         "LockRow",
         "Commit",
     ]
@@ -431,16 +443,14 @@ def test_locked_refresh_finds_the_token_refreshed_meanwhile_and_makes_no_request
 def test_locked_refresh_records_a_dead_grant_before_raising() -> None:
     seen = parse_row(row(left=-10))
     world = Database(row(left=-10), answer(400, {"error": "invalid_grant"}))
-    effects, error = drive(locked_refresh(core(), seen, WINDOWS.is_due, 30.0), world)
+    effects, error = drive(locked_refresh(core(world), seen, WINDOWS.is_due, 30.0), world)
     statements = [e.statement for e in effects if isinstance(e, Execute)]
-    assert statements == [RECORD_FAILURE] and error.reason.startswith(
+    assert statements == [Statement.RECORD_FAILURE] and error.reason.startswith(
         "the token endpoint answered invalid_grant"
     )
 
 
 def test_locked_refresh_keeps_the_grant_when_the_write_back_is_lost() -> None:
-    the_core = core()
-    seen = parse_row(row(left=-10))
 
     class LostWrite(Database):
         def __call__(self, effect: Any) -> Any:
@@ -453,6 +463,8 @@ def test_locked_refresh_keeps_the_grant_when_the_write_back_is_lost() -> None:
     world = LostWrite(
         row(left=-10), answer(200, {"access_token": "ya29.new", "refresh_token": "1//rot"})
     )
+    the_core = core(world)
+    seen = parse_row(row(left=-10))
     _, record = drive(locked_refresh(the_core, seen, WINDOWS.is_due, 30.0), world)
     assert record.access_token == "ya29.new"  # handed out unsaved...
     [kept_grant] = the_core.kept.pending()  # ...and kept for the next chance to write it
@@ -461,11 +473,12 @@ def test_locked_refresh_keeps_the_grant_when_the_write_back_is_lost() -> None:
 
 def test_a_lock_wait_that_runs_out_is_a_retryable_refresh_failure() -> None:
     seen = parse_row(row(left=-10))
+    world = World()
 
     def held(effect: Any) -> Any:
         if isinstance(effect, LockRow):
             raise LockWaitTimeout("held")
-        return None if isinstance(effect, Emit) else World()(effect)
+        return None if isinstance(effect, Emit) else world(effect)
 
-    _, error = drive(locked_refresh(core(), seen, WINDOWS.is_due, 30.0), held)
+    _, error = drive(locked_refresh(core(world), seen, WINDOWS.is_due, 30.0), held)
     assert isinstance(error, RefreshFailedError) and error.retryable

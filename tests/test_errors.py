@@ -25,8 +25,7 @@ from gmail_token_store import (
     TokenStore,
     TokenStoreError,
 )
-from gmail_token_store._effects import Flow, Query
-from gmail_token_store._sql import READ_ROW
+from gmail_token_store._core.effects import Flow, Query, Statement
 from gmail_token_store.testing import FakeTokenEndpoint, FaultProxy, PostgresServer
 
 from conftest import CLIENT_ID, CLIENT_SECRET, SeedRow
@@ -349,7 +348,7 @@ def test_a_row_for_another_user_is_never_handed_out_and_its_connection_is_discar
     mine, theirs = seed(), seed()
     store.get_credentials(mine.user_id)  # one pooled connection
     [before] = idle_connections(store)
-    query = Query(READ_ROW, (theirs.user_id,), user_id=mine.user_id)
+    query = Query(Statement.READ_ROW, {"user_id": theirs.user_id}, user_id=mine.user_id)
 
     def drive() -> Any:
         if isinstance(store, AsyncFacade):
@@ -364,5 +363,4 @@ def test_a_row_for_another_user_is_never_handed_out_and_its_connection_is_discar
 
 
 def _one(query: Query) -> Flow[Any]:
-    rows = yield query
-    return rows
+    return (yield from query)

@@ -25,7 +25,7 @@ from gmail_token_store import (
     TokenEvent,
     TokenStore,
 )
-from gmail_token_store._record import FAILURE_KEY, fingerprint
+from gmail_token_store._core.record import FAILURE_KEY, fingerprint
 from gmail_token_store.testing import FakeTokenEndpoint, Reply
 
 from conftest import CLIENT_ID, CLIENT_SECRET, SeedRow, utcnow

@@ -21,7 +21,7 @@ from gmail_token_store import (
     TokenNotFoundError,
     TokenStore,
 )
-from gmail_token_store._record import FAILURE_KEY
+from gmail_token_store._core.record import FAILURE_KEY
 from gmail_token_store.testing import FakeTokenEndpoint
 
 from conftest import CLIENT_ID, CLIENT_SECRET, GMAIL_READONLY, SeedRow, utcnow

@@ -19,7 +19,7 @@ import pytest
 from psycopg.types.json import Jsonb
 
 from gmail_token_store import InvalidTokenRecordError, ReauthRequiredError, TokenStore
-from gmail_token_store._record import FAILURE_KEY, fingerprint
+from gmail_token_store._core.record import FAILURE_KEY, fingerprint
 from gmail_token_store.testing import FakeTokenEndpoint, Reply
 
 from conftest import CLIENT_ID, CLIENT_SECRET, Seeded, SeedRow

@@ -14,7 +14,7 @@ import psycopg
 import pytest
 
 from gmail_token_store import RefreshFailedError, TokenEvent, TokenStore
-from gmail_token_store._options import TCP_DEFAULTS, conninfo_from
+from gmail_token_store._io.conninfo import TCP_DEFAULTS, conninfo_from
 from gmail_token_store.testing import FakeTokenEndpoint
 
 from conftest import SeedRow

@@ -12,10 +12,10 @@ from __future__ import annotations
 from importlib.metadata import version as _version
 
 from ._async_store import AsyncTokenStore
+from ._core.keepalive import KeepaliveReport
+from ._core.record import GMAIL_SEND
 from ._default import create_table, get_credentials, get_credentials_async
-from ._keepalive import KeepaliveReport
 from ._options import StoreOptions
-from ._record import GMAIL_SEND
 from ._results import (
     EventHook,
     EventKind,

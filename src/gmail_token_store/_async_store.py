@@ -2,8 +2,9 @@
 
 psycopg's AsyncConnection for the database, httpx's AsyncClient for the token endpoint: a
 refresh never blocks the event loop and never takes a thread. Everything the store decides
-is in `_flows` / `_refresh_flow`, shared with the sync store; `AsyncIO` performs their
-effects, and this class hands out Credentials and keeps the cache.
+is in `_core.flows` / `_core.refresh`, shared with the sync store;
+`_io.async_shell.AsyncShell` performs their effects, and this class hands out Credentials
+and keeps the cache. The twin of `_store`, kept line-parallel.
 """
 
 from __future__ import annotations
@@ -14,23 +15,23 @@ import uuid
 from collections.abc import Sequence
 from typing import Any, TypeVar, Unpack
 
-import psycopg
 from google.oauth2.credentials import Credentials
 from psycopg_pool import AsyncConnectionPool
 
-from . import _flows, _fork
-from ._async_handout import AsyncRefresher
-from ._async_io import AsyncIO
-from ._db_errors import database_error
-from ._effects import Flow
-from ._events import logger
-from ._keepalive import KeepaliveReport, refresh_all_async
-from ._options import StoreOptions, conninfo_from, dsn_from_env, options_from_env
-from ._record import TokenRecord
+from ._base import StoreBase, new_grant, refresh_result
+from ._core import flows
+from ._core.effects import Flow
+from ._core.errors import TokenStoreError, parse_user_id
+from ._core.keepalive import KeepaliveReport
+from ._core.record import TokenRecord
+from ._handout import AsyncRefresher
+from ._io import fork
+from ._io.async_shell import AsyncShell
+from ._io.conninfo import conninfo_from
+from ._io.events import logger
+from ._keepalive import Progress, refresh_all_async
+from ._options import StoreOptions, dsn_from_env, options_from_env
 from ._results import RefreshResult, TokenStatus
-from ._store_common import StoreBase, check_save_input, refresh_result
-from ._user_id import parse_user_id
-from .exceptions import TokenStoreError
 
 T = TypeVar("T")
 _monotonic = time.monotonic  # a global lookup fewer on the cache-hit path
@@ -50,13 +51,18 @@ class AsyncTokenStore(StoreBase):
         self, conninfo: str | AsyncConnectionPool[Any], /, **options: Unpack[StoreOptions]
     ) -> None:
         super().__init__(options)
-        self._io = AsyncIO(
-            self._settings,
+        settings = self._settings
+        self._io = AsyncShell(
             conninfo if isinstance(conninfo, AsyncConnectionPool) else conninfo_from(conninfo),
-            self._cache,
+            max_connections=settings.max_connections,
+            connect_timeout=settings.connect_timeout,
+            prepare_threshold=settings.prepare_threshold,
+            on_event=settings.on_event,
+            forget=self._forget_cached,
         )
-        self._refresher = AsyncRefresher(self._adopt_or_refresh, self._settings.windows)
-        _fork.register(self._after_fork_in_child)
+        self._closing = asyncio.Lock()
+        self._refresher = AsyncRefresher(self._adopt_or_refresh, settings.windows)
+        fork.register(self._after_fork_in_child)
 
     @classmethod
     def from_env(cls, dsn: str | None = None, **options: Unpack[StoreOptions]) -> AsyncTokenStore:
@@ -66,16 +72,18 @@ class AsyncTokenStore(StoreBase):
     # --- lifecycle ---------------------------------------------------------------------
 
     async def aclose(self) -> None:
-        """Write kept grants if the database answers, then close the store's connections."""
-        if self._io.closed:
-            return
-        if self._core.kept.unsaved_count and self._io.opened:
-            self._core.next_flush = 0.0
-            await self._flush_kept()
-        self._report_lost_grants()
-        await self._io.close()
-        if self._cache is not None:
-            self._cache.clear()
+        """Write kept grants if the database answers, then close the store's connections
+        and HTTP clients (a pool passed in stays open). Safe to call twice, or at once."""
+        async with self._closing:
+            if self._io.closed:
+                return
+            if self._core.kept.unsaved_count and self._io.opened:
+                self._core.kept.flush_now()
+                await self._flush_kept()
+            self._report_lost_grants()
+            await self._io.close()
+            if self._cache is not None:
+                self._cache.clear()
 
     async def __aenter__(self) -> AsyncTokenStore:
         return self
@@ -87,7 +95,9 @@ class AsyncTokenStore(StoreBase):
         return self._describe(self._io.closed)
 
     def _after_fork_in_child(self) -> None:
+        # See `_io.fork`: the parent's connections, HTTP clients and flights stay untouched.
         self._io.after_fork()
+        self._closing = asyncio.Lock()
         self._refresher.after_fork()
         self._forget_parent()
 
@@ -109,7 +119,7 @@ class AsyncTokenStore(StoreBase):
             entry = cache.get(uid, _monotonic())
             if entry is not None and (scopes is None or entry.covers(scopes)):
                 return entry.credentials
-        return self._remember(await self._run(_flows.get_credentials(self._core, uid, scopes)))
+        return self._remember(await self._run(flows.get_credentials(self._core, uid, scopes)))
 
     async def refresh(
         self,
@@ -121,20 +131,25 @@ class AsyncTokenStore(StoreBase):
         """As `TokenStore.refresh`."""
         uid = parse_user_id(user_id)
         seen, record = await self._run(
-            _flows.refresh(self._core, uid, force=force, unless_written_since=unless_written_since)
+            flows.refresh(self._core, uid, force=force, unless_written_since=unless_written_since)
         )
         return refresh_result(self._core, seen, record, self._remember(record), time.time())
 
     async def check(self, user_id: str | uuid.UUID) -> TokenStatus:
         """As `TokenStore.check`."""
-        return await self._run(_flows.check(self._core, parse_user_id(user_id)))
+        return await self._run(flows.check(self._core, parse_user_id(user_id)))
 
     async def check_all(self) -> list[TokenStatus]:
         """As `TokenStore.check_all`."""
-        return await self._run(_flows.check_all(self._core))
+        return await self._run(flows.check_all(self._core))
 
     async def refresh_all(
-        self, *, within: float | None = None, idle_days: float = 30.0, concurrency: int = 4
+        self,
+        *,
+        within: float | None = None,
+        idle_days: float = 30.0,
+        concurrency: int = 4,
+        progress: Progress | None = None,
     ) -> KeepaliveReport:
         """As `TokenStore.refresh_all`, with `concurrency` refreshes in flight at once."""
         return await refresh_all_async(
@@ -142,6 +157,7 @@ class AsyncTokenStore(StoreBase):
             within=self.refresh_margin if within is None else within,
             idle_days=idle_days,
             concurrency=concurrency,
+            progress=progress,
         )
 
     async def save(
@@ -155,42 +171,37 @@ class AsyncTokenStore(StoreBase):
     ) -> None:
         """As `TokenStore.save`."""
         uid = parse_user_id(user_id)
-        check_save_input(credentials, robeing_id, metadata)
+        grant = new_grant(credentials, robeing_id, metadata)
         await self._run(
-            _flows.save(
-                self._core, uid, credentials, email=email, robeing_id=robeing_id, metadata=metadata
+            flows.save(
+                self._core, uid, grant, email=email, robeing_id=robeing_id, metadata=metadata
             )
         )
 
     async def create_table(self) -> bool:
         """As `TokenStore.create_table`."""
-        return await self._run(_flows.create_table())
-
-    # --- driving flows -------------------------------------------------------------------
+        return await self._run(flows.create_table())
 
     # --- driving flows -------------------------------------------------------------------
 
     async def _run(self, flow: Flow[T]) -> T:
         if self._io.closed:
             raise TokenStoreError("this AsyncTokenStore is closed")
-        try:
-            result = await self._io.drive(flow)
-        except psycopg.Error as exc:  # a safety net: the effects map what they run
-            raise database_error(exc) from exc
+        result = await self._io.drive(flow)
         if self._core.kept.unsaved_count:
             await self._flush_kept()
         return result
 
     async def _flush_kept(self) -> None:
         try:
-            await self._io.drive(_flows.flush_kept(self._core))
-        except (TokenStoreError, psycopg.Error) as exc:
+            await self._io.drive(flows.flush_kept(self._core))
+        except TokenStoreError as exc:
             logger.warning("could not write kept grants yet: %s", exc)
 
     def _remember(self, record: TokenRecord) -> Credentials:
         return self._hand_out(record, self._refresher.bound_to(asyncio.get_running_loop()))
 
     async def _adopt_or_refresh(self, user_id: str, rejected_token: str | None) -> TokenRecord:
-        record = await self._run(_flows.adopt_or_refresh(self._core, user_id, rejected_token))
+        record = await self._run(flows.adopt_or_refresh(self._core, user_id, rejected_token))
         self._remember(record)
         return record

@@ -13,10 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, TypedDict
 
-import psycopg
-import psycopg.conninfo
-
-from ._freshness import Windows
+from ._core.windows import Windows
 from ._results import EventHook
 from .exceptions import ConfigurationError
 
@@ -53,19 +50,6 @@ class StoreOptions(TypedDict, total=False):
     max_connections: int
     connect_timeout: float
     on_event: EventHook | None
-
-
-#: TCP settings for the store's connections unless the DSN sets them: a connection whose
-#: peer vanished (a blackholed network, a dead host) is noticed in about 10-15 s instead of
-#: the kernel's two hours: keepalive probes after 5 s idle, every 2 s, 3 unanswered; sent
-#: data unacknowledged for 10 s ends the connection (tcp_user_timeout, milliseconds).
-TCP_DEFAULTS = {
-    "keepalives": "1",
-    "keepalives_idle": "5",
-    "keepalives_interval": "2",
-    "keepalives_count": "3",
-    "tcp_user_timeout": "10000",
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,40 +141,6 @@ def settings_from(options: StoreOptions) -> Settings:
         max_connections=_count("max_connections", options.get("max_connections", 10)),
         connect_timeout=_seconds("connect_timeout", options.get("connect_timeout", 10.0)),
         on_event=on_event,
-    )
-
-
-@dataclass(frozen=True, slots=True)
-class Conninfo:
-    """A DSN with the store's TCP defaults merged in; the password kept apart for redaction."""
-
-    dsn: str
-    password: str | None
-
-
-def conninfo_from(conninfo: object) -> Conninfo:
-    """Check a DSN/URL and add TCP_DEFAULTS for what it does not set itself.
-
-    Raises:
-        ConfigurationError: not a string, empty, or unparseable (never quoting it: it may
-            contain a password).
-    """
-    if not isinstance(conninfo, str) or not conninfo.strip():
-        raise ConfigurationError(
-            "conninfo must be a non-empty libpq URL/DSN string or a psycopg_pool pool"
-        )
-    try:
-        params = psycopg.conninfo.conninfo_to_dict(conninfo)
-    except psycopg.Error:
-        # libpq's parse errors quote the DSN, password included: never chain them.
-        raise ConfigurationError(
-            "the database DSN cannot be parsed (not shown: it may contain a password)"
-        ) from None
-    merged = {**TCP_DEFAULTS, **{key: value for key, value in params.items() if value is not None}}
-    password = params.get("password")
-    return Conninfo(
-        dsn=psycopg.conninfo.make_conninfo("", **merged),
-        password=str(password) if password else None,
     )
 
 

@@ -4,10 +4,11 @@ Paths, from the common one down:
 
 * cache hit: a dict lookup and a clock comparison, no I/O;
 * hot path: one autocommit `SELECT` by user_id, no lock, no BEGIN/SET/COMMIT;
-* refresh path: `_refresh_flow.locked_refresh`, in one transaction under the row lock.
+* refresh path: `_core.refresh.locked_refresh`, in one transaction under the row lock.
 
-What to do at each step is decided by the flows in `_flows` / `_refresh_flow`; `SyncIO`
-performs their effects, and this class hands out Credentials and keeps the cache.
+What to do at each step is decided by the flows in `_core.flows` / `_core.refresh`;
+`_io.sync_shell.SyncShell` performs their effects, and this class hands out Credentials
+and keeps the cache. `_async_store` is its twin, kept line-parallel.
 """
 
 from __future__ import annotations
@@ -18,22 +19,22 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar, Unpack
 
-import psycopg
 from google.oauth2.credentials import Credentials
 from psycopg_pool import ConnectionPool
 
-from . import _flows, _fork
-from ._db_errors import database_error
-from ._effects import Flow
-from ._events import logger
-from ._keepalive import KeepaliveReport, refresh_all
-from ._options import StoreOptions, conninfo_from, dsn_from_env, options_from_env
-from ._record import TokenRecord
+from ._base import StoreBase, new_grant, refresh_result
+from ._core import flows
+from ._core.effects import Flow
+from ._core.errors import TokenStoreError, parse_user_id
+from ._core.keepalive import KeepaliveReport
+from ._core.record import TokenRecord
+from ._io import fork
+from ._io.conninfo import conninfo_from
+from ._io.events import logger
+from ._io.sync_shell import SyncShell
+from ._keepalive import refresh_all
+from ._options import StoreOptions, dsn_from_env, options_from_env
 from ._results import RefreshResult, TokenStatus
-from ._store_common import StoreBase, check_save_input, refresh_result
-from ._sync_io import SyncIO
-from ._user_id import parse_user_id
-from .exceptions import TokenStoreError
 
 T = TypeVar("T")
 _monotonic = time.monotonic  # a global lookup fewer on the cache-hit path
@@ -56,13 +57,17 @@ class TokenStore(StoreBase):
         self, conninfo: str | ConnectionPool[Any], /, **options: Unpack[StoreOptions]
     ) -> None:
         super().__init__(options)
-        self._io = SyncIO(
-            self._settings,
+        settings = self._settings
+        self._io = SyncShell(
             conninfo if isinstance(conninfo, ConnectionPool) else conninfo_from(conninfo),
-            self._cache,
+            max_connections=settings.max_connections,
+            connect_timeout=settings.connect_timeout,
+            prepare_threshold=settings.prepare_threshold,
+            on_event=settings.on_event,
+            forget=self._forget_cached,
         )
         self._closing = threading.Lock()
-        _fork.register(self._after_fork_in_child)
+        fork.register(self._after_fork_in_child)
 
     @classmethod
     def from_env(cls, dsn: str | None = None, **options: Unpack[StoreOptions]) -> TokenStore:
@@ -86,7 +91,7 @@ class TokenStore(StoreBase):
             if self._io.closed:
                 return
             if self._core.kept.unsaved_count and self._io.opened:
-                self._core.next_flush = 0.0
+                self._core.kept.flush_now()
                 self._flush_kept()
             self._report_lost_grants()
             self._io.close()
@@ -103,7 +108,7 @@ class TokenStore(StoreBase):
         return self._describe(self._io.closed)
 
     def _after_fork_in_child(self) -> None:
-        # See `_fork`: the parent's connections, HTTP client and flights stay untouched.
+        # See `_io.fork`: the parent's connections, HTTP client and flights stay untouched.
         self._io.after_fork()
         self._closing = threading.Lock()
         self._forget_parent()
@@ -140,7 +145,7 @@ class TokenStore(StoreBase):
             entry = cache.get(uid, _monotonic())
             if entry is not None and (scopes is None or entry.covers(scopes)):
                 return entry.credentials
-        return self._remember(self._run(_flows.get_credentials(self._core, uid, scopes)))
+        return self._remember(self._run(flows.get_credentials(self._core, uid, scopes)))
 
     def refresh(
         self,
@@ -161,7 +166,7 @@ class TokenStore(StoreBase):
         """
         uid = parse_user_id(user_id)
         seen, record = self._run(
-            _flows.refresh(self._core, uid, force=force, unless_written_since=unless_written_since)
+            flows.refresh(self._core, uid, force=force, unless_written_since=unless_written_since)
         )
         return refresh_result(self._core, seen, record, self._remember(record), time.time())
 
@@ -171,12 +176,12 @@ class TokenStore(StoreBase):
         Raises:
             InvalidUserIdError, DatabaseUnavailableError, ConfigurationError.
         """
-        return self._run(_flows.check(self._core, parse_user_id(user_id)))
+        return self._run(flows.check(self._core, parse_user_id(user_id)))
 
     def check_all(self) -> list[TokenStatus]:
         """Report the health of every grant in the table, oldest row first; each carries
         the row's `version` for `refresh(..., unless_written_since=...)`."""
-        return self._run(_flows.check_all(self._core))
+        return self._run(flows.check_all(self._core))
 
     def refresh_all(
         self,
@@ -218,42 +223,37 @@ class TokenStore(StoreBase):
             metadata; InvalidTokenRecordError when the credentials' token_uri is refused.
         """
         uid = parse_user_id(user_id)
-        check_save_input(credentials, robeing_id, metadata)
+        grant = new_grant(credentials, robeing_id, metadata)
         self._run(
-            _flows.save(
-                self._core, uid, credentials, email=email, robeing_id=robeing_id, metadata=metadata
+            flows.save(
+                self._core, uid, grant, email=email, robeing_id=robeing_id, metadata=metadata
             )
         )
 
     def create_table(self) -> bool:
         """Create gmail_token if it does not exist (never alters it); True if created."""
-        return self._run(_flows.create_table())
-
-    # --- driving flows -------------------------------------------------------------------
+        return self._run(flows.create_table())
 
     # --- driving flows -------------------------------------------------------------------
 
     def _run(self, flow: Flow[T]) -> T:
         if self._io.closed:
             raise TokenStoreError("this TokenStore is closed")
-        try:
-            result = self._io.drive(flow)
-        except psycopg.Error as exc:  # a safety net: the effects map what they run
-            raise database_error(exc) from exc
+        result = self._io.drive(flow)
         if self._core.kept.unsaved_count:
             self._flush_kept()
         return result
 
     def _flush_kept(self) -> None:
         try:
-            self._io.drive(_flows.flush_kept(self._core))
-        except (TokenStoreError, psycopg.Error) as exc:
+            self._io.drive(flows.flush_kept(self._core))
+        except TokenStoreError as exc:
             logger.warning("could not write kept grants yet: %s", exc)
 
     def _remember(self, record: TokenRecord) -> Credentials:
         return self._hand_out(record, self._refresh_handed_out)
 
     def _refresh_handed_out(self, user_id: str, rejected_token: str | None) -> TokenRecord:
-        record = self._run(_flows.adopt_or_refresh(self._core, user_id, rejected_token))
+        record = self._run(flows.adopt_or_refresh(self._core, user_id, rejected_token))
         self._remember(record)
         return record

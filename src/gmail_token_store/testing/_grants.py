@@ -11,7 +11,7 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from .._record import GMAIL_SEND
+from .. import GMAIL_SEND
 
 #: The OAuth client of rows made by `insert_grant` unless told otherwise.
 FAKE_CLIENT_ID = "fake-client-id.apps.googleusercontent.com"

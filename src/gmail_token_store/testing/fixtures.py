@@ -25,8 +25,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from .. import AsyncTokenStore, TokenStore
-from .._sql import CREATE_TABLE
+from .. import AsyncTokenStore, TokenStore, create_table
 from ._endpoint import FakeTokenEndpoint
 from ._grants import insert_grant
 from ._servers import PostgresServer, throwaway_postgresql
@@ -53,7 +52,7 @@ def gmail_token_dsn(gmail_token_postgres: PostgresServer) -> str:
     """The session's database with a fresh, empty gmail_token table (production schema)."""
     with psycopg.connect(gmail_token_postgres.dsn, autocommit=True) as conn:
         conn.execute("DROP TABLE IF EXISTS gmail_token")
-        conn.execute(CREATE_TABLE.text)
+    create_table(gmail_token_postgres.dsn)
     return gmail_token_postgres.dsn
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import get_args
 
-from ._results import ATTENTION_STATES, TokenState, TokenStatus
+from .._core.status import ATTENTION_STATES, TokenState, TokenStatus
 
 #: The states a row can be in (`list` shows them); "not-found" is not a row's.
 ROW_STATES: tuple[str, ...] = tuple(state for state in get_args(TokenState) if state != "not-found")

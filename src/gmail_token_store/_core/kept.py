@@ -13,9 +13,10 @@ the row with a revoked refresh token and kill the grant. So every grant is kept 
 * saved: written, remembered for a while (`KEPT_FOR`) so that a row found *older* than what
   we wrote (after a failover to a standby that never received the write) is written again.
 
-Decisions only; the flows in `_flows` do the writing. Thread-safe: both stores share it
-between threads (the async store between coroutines of one loop, which needs no lock, but
-a lock held for a dict operation costs nothing there either).
+Decisions only; the flows in `flows` and `refresh` do the writing. Thread-safe: both
+stores share it between threads (the async store between coroutines of one loop, which
+needs no lock, but a lock held for a dict operation costs nothing there either). It also
+owns when unsaved grants are tried again (`flush_due`), under the same lock.
 """
 
 from __future__ import annotations
@@ -27,12 +28,16 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Literal
 
-from ._record import TokenRecord
+from .record import TokenRecord
 
 #: How long a saved grant is remembered, to repair a row that regressed (seconds).
 KEPT_FOR = 6 * 3600.0
 #: At most this many users' grants are remembered; saved ones leave first.
 KEPT_MAX = 10_000
+#: After a kept grant could not be written, pending grants are not tried again for this
+#: long (seconds), unless a read succeeds first: callers do not each wait for a dead
+#: database twice.
+FLUSH_INTERVAL = 1.0
 
 GrantState = Literal["writing", "unsaved", "saved"]
 
@@ -89,6 +94,12 @@ class KeptGrants:
         self._grants: OrderedDict[str, KeptGrant] = OrderedDict()
         #: Number of unsaved grants: every call checks this one integer.
         self.unsaved_count = 0
+        #: Monotonic time before which unsaved grants are not tried again; read without
+        #: the lock (one float), written under it.
+        self._next_flush = 0.0
+        #: A write failed because the database did not answer: the next successful read
+        #: lifts `_next_flush` (see `database_answered`).
+        self._waits_for_database = False
 
     def get(self, user_id: str) -> KeptGrant | None:
         return self._grants.get(user_id)
@@ -130,11 +141,38 @@ class KeptGrants:
             if grant is not None and access_token in (None, grant.access_token):
                 self._remove(user_id)
 
+    # --- when unsaved grants are tried again -----------------------------------------------
+
+    def flush_due(self, now: float) -> bool:
+        """May unsaved grants be tried now (monotonic `now`)?"""
+        return now >= self._next_flush
+
+    def defer_flush(self, now: float, *, database_down: bool) -> None:
+        """Writing failed (the database did not answer, or the row was busy): not again
+        for FLUSH_INTERVAL, unless (`database_down`) a read succeeds first."""
+        with self._lock:
+            self._next_flush = now + FLUSH_INTERVAL
+            self._waits_for_database = self._waits_for_database or database_down
+
+    def database_answered(self) -> None:
+        """A read succeeded: if writes were waiting for the database, try them now."""
+        if self._waits_for_database:
+            with self._lock:
+                self._waits_for_database = False
+                self._next_flush = 0.0
+
+    def flush_now(self) -> None:
+        """Try unsaved grants at the next chance, whatever failed before (a store closing)."""
+        with self._lock:
+            self._next_flush = 0.0
+
     def after_fork(self) -> None:
         """In a child process: the parent keeps (and writes) its grants; start empty."""
         self._lock = threading.Lock()
         self._grants = OrderedDict()
         self.unsaved_count = 0
+        self._next_flush = 0.0
+        self._waits_for_database = False
 
     # --- under the lock ----------------------------------------------------------------
 

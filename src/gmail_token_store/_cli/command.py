@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TextIO
 
-from . import (
+from .. import (
     GMAIL_SEND,
     KeepaliveReport,
     TokenStatus,
@@ -26,11 +26,10 @@ from . import (
     TokenStoreError,
     __version__,
 )
-from ._escape import printable
-from ._metrics import exposition
-from ._token_file import TokenFileError, read_token_file
-from ._user_id import parse_user_id
-from .exceptions import describe_user
+from .._core.errors import parse_user_id
+from .._core.text import describe_user, printable
+from .metrics import exposition
+from .token_file import TokenFileError, read_token_file
 
 PROG = "gmail-token-store"
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
@@ -122,7 +121,7 @@ def _import(args: argparse.Namespace) -> int:
 
 def _authorize(args: argparse.Namespace) -> int:
     # Imported here: google-auth-oauthlib is only needed by this command.
-    from ._authorize import authorize  # noqa: PLC0415
+    from .authorize import authorize  # noqa: PLC0415
 
     with _store(args) as store:
         try:

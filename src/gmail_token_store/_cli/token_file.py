@@ -13,7 +13,7 @@ from typing import Any
 
 from google.oauth2.credentials import Credentials
 
-from ._record import GOOGLE_TOKEN_URI, parse_expiry, parse_scopes
+from .._core.record import GOOGLE_TOKEN_URI, parse_expiry, parse_scopes
 
 
 class TokenFileError(ValueError):

@@ -1,6 +1,8 @@
 """Every SQL statement the library sends, in one place; the only file that takes row locks.
 
-Reads select the JSONB columns as text and decode them in `_record` (psycopg's JSONB loader
+The core names the statements it needs (`Statement`); `SQL` gives each its text and the
+table privilege it needs (named in a permission error). Reads select the JSONB columns as
+text and decode them in `_core.record` (psycopg's JSONB loader
 costs a few microseconds per column on the hot path), the row version (`xmin`, which every
 write changes whatever the layout of the row, JSON text included) and the database's own
 clock (`statement_timestamp()`), so that freshness is judged by one clock for every host
@@ -12,22 +14,26 @@ transaction-local, so the statements are safe behind PgBouncer in transaction mo
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from psycopg import sql
+
+from .._core.effects import Effect, Execute, LockRow, Query, ReadRow, Statement
 
 TABLE = "gmail_token"
 
 
 @dataclass(frozen=True, slots=True)
-class Statement:
-    """One statement and the table privilege it needs (named in permission errors)."""
+class Sql:
+    """One statement's text and the table privilege it needs (named in permission errors)."""
 
     text: str
     privilege: str
 
 
-#: Row layout of every read (see `_record.parse_row`): ten columns, then the extras below.
+#: Row layout of every read (see `_core.record.parse_row`): ten columns, then the extras below.
 COLUMNS = (
     "id, user_id::text, robeing_id, token_data::text, oauth_config::text, scopes::text,"
     " metadata::text, expiry, updated_at, xmin::text"
@@ -41,32 +47,34 @@ _DB_CLOCK = "extract(epoch from statement_timestamp())::float8"
 _DB_LOCAL_TIME = "LOCALTIMESTAMP"
 
 #: The hot path: one row by user id, and the database's clock.
-READ_ROW = Statement(
-    f"SELECT {COLUMNS}, {_DB_CLOCK} FROM {TABLE} WHERE user_id = %s", privilege="SELECT"
+READ_ROW = Sql(
+    f"SELECT {COLUMNS}, {_DB_CLOCK} FROM {TABLE} WHERE user_id = %(user_id)s", privilege="SELECT"
 )
 #: A row for a health check: also the database's local time (for idle detection).
-CHECK_ROW = Statement(
-    f"SELECT {COLUMNS}, {_DB_CLOCK}, {_DB_LOCAL_TIME} FROM {TABLE} WHERE user_id = %s",
+CHECK_ROW = Sql(
+    f"SELECT {COLUMNS}, {_DB_CLOCK}, {_DB_LOCAL_TIME} FROM {TABLE} WHERE user_id = %(user_id)s",
     privilege="SELECT",
 )
 #: Every row, oldest first, for listings and the keepalive.
-LIST_ROWS = Statement(
+LIST_ROWS = Sql(
     f"SELECT {COLUMNS}, {_DB_CLOCK}, {_DB_LOCAL_TIME} FROM {TABLE} ORDER BY id",
     privilege="SELECT",
 )
 
 _LOCK_ROW = f"SELECT {COLUMNS}, {_DB_CLOCK} FROM {TABLE} WHERE user_id = {{}} FOR NO KEY UPDATE"
-#: Privileges the locked refresh needs: the row lock and the write-back.
-REFRESH_PRIVILEGE = "SELECT, UPDATE"
+#: Privileges a row lock needs, by its purpose (`LockRow.purpose`): `FOR NO KEY UPDATE`
+#: needs UPDATE; the refresh writes back, a save may insert.
+LOCK_PRIVILEGE = {"refresh": "SELECT, UPDATE", "save": "SELECT, UPDATE"}
 
 
-def lock_row(user_id: str, *, wait_ms: int | None, idle_timeout_ms: int) -> sql.Composed:
+def lock_row(user_id: str, wait_ms: int | None, idle_timeout_ms: int) -> sql.Composed:
     """Transaction-local timeouts and the row lock, sent as one simple query after BEGIN
     (which the store adds on an autocommit connection; psycopg begins on any other).
 
     `wait_ms=None` only tries the lock (SKIP LOCKED: no row comes back if another
     transaction holds it). Nothing here is a bound parameter, so nothing secret may go in:
-    the user id is a canonical UUID (`parse_user_id`) quoted by psycopg, the rest are ints.
+    the user id is a canonical UUID (`_core.errors.parse_user_id`) quoted by psycopg, the
+    rest are ints.
     The idle-in-transaction timeout frees the row if this host dies mid-refresh without
     closing its socket; it is longer than a whole refresh, so it never cuts ours short.
     """
@@ -80,35 +88,30 @@ def lock_row(user_id: str, *, wait_ms: int | None, idle_timeout_ms: int) -> sql.
 
 _RETURNING = f" RETURNING {COLUMNS}, {_DB_CLOCK}"
 _SET_GRANT = (
-    f"UPDATE {TABLE} SET token_data = %s::jsonb, expiry = %s,"
-    " scopes = COALESCE(%s::jsonb, scopes),"
-    " metadata = CASE WHEN %s THEN %s::jsonb ELSE metadata END,"
-    " updated_at = CURRENT_TIMESTAMP WHERE id = %s"
+    "token_data = %(token_data)s::jsonb, expiry = %(expiry)s,"
+    " scopes = COALESCE(%(scopes)s::jsonb, scopes),"
+    " metadata = CASE WHEN %(set_metadata)s THEN %(metadata)s::jsonb ELSE metadata END,"
+    " updated_at = CURRENT_TIMESTAMP"
 )
 #: Write a refreshed grant into a row this transaction has locked.
-WRITE_GRANT = Statement(_SET_GRANT + _RETURNING, privilege="UPDATE")
+WRITE_GRANT = Sql(
+    f"UPDATE {TABLE} SET {_SET_GRANT} WHERE id = %(row_id)s" + _RETURNING, privilege="UPDATE"
+)
 #: Write a grant without holding the lock, only if the row is still the version we read
 #: (a compare-and-set: `xmin` changes with every write, whatever the row's layout). A row
 #: locked by another transaction is skipped, not waited for: the caller tries again later.
-WRITE_GRANT_IF_VERSION = Statement(
-    f"WITH target AS (SELECT id AS target_id FROM {TABLE} WHERE id = %s AND xmin = %s::xid"
-    " FOR NO KEY UPDATE SKIP LOCKED)"
-    f" UPDATE {TABLE} SET token_data = %s::jsonb, expiry = %s,"
-    " scopes = COALESCE(%s::jsonb, scopes),"
-    " metadata = CASE WHEN %s THEN %s::jsonb ELSE metadata END,"
-    " updated_at = CURRENT_TIMESTAMP FROM target WHERE id = target.target_id" + _RETURNING,
+WRITE_GRANT_IF_VERSION = Sql(
+    f"WITH target AS (SELECT id AS target_id FROM {TABLE}"
+    " WHERE id = %(row_id)s AND xmin = %(version)s::xid FOR NO KEY UPDATE SKIP LOCKED)"
+    f" UPDATE {TABLE} SET {_SET_GRANT} FROM target WHERE id = target.target_id" + _RETURNING,
     privilege="UPDATE",
 )
 #: Record a permanent refresh failure (invalid_grant) in metadata, under the row lock.
-RECORD_FAILURE = Statement(f"UPDATE {TABLE} SET metadata = %s::jsonb WHERE id = %s", "UPDATE")
-
-#: Lock a user's row (if any) before an upsert, so a save and a refresh never interleave.
-LOCK_FOR_SAVE = Statement(
-    f"SELECT {COLUMNS}, {_DB_CLOCK} FROM {TABLE} WHERE user_id = %s FOR NO KEY UPDATE",
-    privilege="SELECT, UPDATE",
+RECORD_FAILURE = Sql(
+    f"UPDATE {TABLE} SET metadata = %(metadata)s::jsonb WHERE id = %(row_id)s", "UPDATE"
 )
 #: Insert or replace a grant; ON CONFLICT covers a concurrent first save of the same user.
-UPSERT_GRANT = Statement(
+UPSERT_GRANT = Sql(
     f"INSERT INTO {TABLE}"
     " (user_id, robeing_id, token_data, oauth_config, scopes, metadata, expiry)"
     " VALUES (%(user_id)s, %(robeing_id)s, %(token_data)s::jsonb, %(oauth_config)s::jsonb,"
@@ -124,9 +127,9 @@ UPSERT_GRANT = Statement(
 )
 
 #: Does the table exist? (`create_table` leaves an existing one exactly as it is.)
-TABLE_EXISTS = Statement(f"SELECT to_regclass('{TABLE}') IS NOT NULL", privilege="SELECT")
+TABLE_EXISTS = Sql(f"SELECT to_regclass('{TABLE}') IS NOT NULL", privilege="SELECT")
 #: The production DDL, verbatim apart from IF NOT EXISTS (../shared/reference/auth-server.md).
-CREATE_TABLE = Statement(
+CREATE_TABLE = Sql(
     f"""\
 CREATE TABLE IF NOT EXISTS {TABLE} (
     id SERIAL PRIMARY KEY,
@@ -144,3 +147,43 @@ CREATE TABLE IF NOT EXISTS {TABLE} (
 )""",
     privilege="CREATE",
 )
+
+
+#: The SQL of every statement the core may name (a test checks none is missing).
+SQL: dict[Statement, Sql] = {
+    Statement.CHECK_ROW: CHECK_ROW,
+    Statement.LIST_ROWS: LIST_ROWS,
+    Statement.READ_ROW: READ_ROW,
+    Statement.WRITE_GRANT: WRITE_GRANT,
+    Statement.WRITE_GRANT_IF_VERSION: WRITE_GRANT_IF_VERSION,
+    Statement.RECORD_FAILURE: RECORD_FAILURE,
+    Statement.UPSERT_GRANT: UPSERT_GRANT,
+    Statement.TABLE_EXISTS: TABLE_EXISTS,
+    Statement.CREATE_TABLE: CREATE_TABLE,
+}
+
+
+def privilege(effect: Effect) -> str | None:
+    """The table privilege `effect` needs, named when the role lacks it (None: a commit, or
+    an effect that is not a statement)."""
+    match effect:
+        case ReadRow():
+            return READ_ROW.privilege
+        case Query() | Execute():
+            return SQL[effect.statement].privilege
+        case LockRow():
+            return LOCK_PRIVILEGE[effect.purpose]
+        case _:
+            return None
+
+
+_TIMESTAMPTZ_OID = 1184
+
+
+def timestamptz_column(description: Sequence[Any] | None, index: int) -> bool:
+    """Is column `index` of a cursor's description a timestamptz?"""
+    return (
+        description is not None
+        and len(description) > index
+        and (description[index].type_code == _TIMESTAMPTZ_OID)
+    )

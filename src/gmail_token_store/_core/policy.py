@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from urllib.parse import urlsplit
 
-from ._record import TokenRecord
-from .exceptions import InvalidTokenRecordError, ReauthRequiredError
+from .errors import InvalidTokenRecordError, ReauthRequiredError
+from .record import TokenRecord
 
 _GOOGLE_TOKEN_HOSTS = frozenset(
     {"oauth2.googleapis.com", "accounts.google.com", "www.googleapis.com"}

@@ -22,10 +22,10 @@ from typing import Any
 import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from ._db_errors import connect_error, drop_traceback
-from ._options import Conninfo
-from ._pool_book import PoolBook
-from .exceptions import ConfigurationError, DatabaseUnavailableError, TokenStoreError
+from .._core.errors import ConfigurationError, DatabaseUnavailableError, TokenStoreError
+from .conninfo import Conninfo
+from .errors import connect_error, drop_traceback
+from .pool_book import PoolBook
 
 AsyncConnection = psycopg.AsyncConnection[tuple[Any, ...]]
 _IDLE = psycopg.pq.TransactionStatus.IDLE

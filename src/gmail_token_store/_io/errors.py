@@ -1,7 +1,8 @@
-"""What a psycopg error means for the caller: the one place driver errors are classified.
+"""What a driver error means for the caller: the one place psycopg and httpx errors are read.
 
-Both stores catch `psycopg.Error` around every statement and raise what `database_error` /
-`connect_error` return, so no driver exception reaches a caller. The rules:
+Both shells catch `psycopg.Error` around every database effect and raise what
+`database_error` / `connect_error` return, and turn an httpx error into what `unreachable`
+returns, so no driver exception reaches a caller. The rules:
 
 * the connection broke, timed out, was terminated, or landed on a read-only server (a
   standby, a demoted primary): `ConnectionLost`, a retryable `DatabaseUnavailableError`;
@@ -18,33 +19,21 @@ from __future__ import annotations
 
 import re
 
+import httpx
 import psycopg
 import psycopg.errors
 
-from ._escape import printable
-from ._sql import TABLE
-from .exceptions import ConfigurationError, DatabaseUnavailableError, TokenStoreError
-
-
-class ConnectionLost(DatabaseUnavailableError):
-    """The connection broke or cannot be used; it was discarded. Retry later."""
-
-
-class LockWaitTimeout(TokenStoreError):
-    """Another transaction held the row lock for longer than this call may wait."""
-
-    retryable = True
-
-
-class WrongRowError(ConnectionLost):
-    """A statement answered with another user's row: the connection is not trusted again."""
-
-    def __init__(self, user_id: str) -> None:
-        super().__init__(
-            f"the database connection answered a row that is not user {user_id}'s; the "
-            "connection was discarded and nothing was handed out (retry)"
-        )
-
+from .._core.errors import (
+    ConfigurationError,
+    ConnectionLost,
+    DatabaseUnavailableError,
+    LockWaitTimeout,
+    TokenStoreError,
+    WrongRowError,
+)
+from .._core.exchange import EndpointUnreachable
+from .._core.text import printable
+from .sql import TABLE
 
 # SQLSTATE classes and codes after which the connection is not used again.
 _LOST_CLASSES = ("08", "57", "53", "58", "XX")
@@ -208,6 +197,13 @@ def drop_traceback(exc: BaseException) -> None:
 
 
 def expect_user(row: tuple[object, ...] | None, user_id: str | None) -> None:
-    """Raise WrongRowError if `row` (selected with `_sql.COLUMNS`) is not `user_id`'s."""
+    """Raise WrongRowError if `row` (selected with `sql.COLUMNS`) is not `user_id`'s."""
     if row is not None and user_id is not None and row[1] != user_id:
         raise WrongRowError(user_id)
+
+
+def unreachable(exc: Exception) -> EndpointUnreachable:
+    """What a shell throws into `exchange` when its HTTP client raised `exc`."""
+    if isinstance(exc, httpx.TimeoutException | TimeoutError):
+        return EndpointUnreachable("the token endpoint did not answer in time")
+    return EndpointUnreachable("the token endpoint could not be reached")

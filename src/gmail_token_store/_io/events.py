@@ -1,6 +1,6 @@
-"""Log lines and TokenEvents: how a store tells the service what happened.
+"""Log lines and TokenEvents: how a shell tells the service what happened.
 
-Both stores perform the core's `Emit` and `Log` effects here. Messages are built by the
+Both shells perform the core's `Emit` and `Log` effects here. Messages are built by the
 core with untrusted text already escaped; no secret is ever part of one.
 """
 
@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import logging
 
-from ._effects import Emit
-from ._results import EventHook, TokenEvent
+from .._core.effects import Emit
+from .._core.events import EventHook, TokenEvent
 
 logger = logging.getLogger("gmail_token_store")
 
@@ -21,7 +21,7 @@ def announce(emit: Emit, hook: EventHook | None, now: float) -> None:
     if hook is None:
         return
     event = TokenEvent(
-        kind=emit.kind,  # type: ignore[arg-type]  # the core emits only EventKind values
+        kind=emit.kind,
         user_id=emit.user_id,
         email=emit.email,
         duration=max(now - emit.started, 0.0),

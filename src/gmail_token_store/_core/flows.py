@@ -1,85 +1,70 @@
 """Every store operation as a flow of effects: reading, serving, refreshing, checking, saving.
 
-The sync store and the async store drive these generators (see `_effects`); what to do at
-each step is decided here, once, and the locked refresh itself is in `_refresh_flow`.
+The sync and the async shell drive these generators (see `effects`); what to do at each
+step is decided here, once, and the locked refresh itself is in `refresh`.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from google.oauth2.credentials import Credentials
-
-from ._core import Core
-from ._db_errors import LockWaitTimeout
-from ._effects import (
-    ClockSample,
-    Commit,
+from .effects import (
     Emit,
     Execute,
-    FlightTimeout,
     Flow,
     Forget,
-    LeaderInterrupted,
-    LocalClock,
     LockRow,
     Log,
     Query,
-    ReadClock,
     ReadRow,
-    RowRead,
     Shared,
+    Statement,
+    once_more_if_lost,
 )
-from ._freshness import Plan, still_valid
-from ._kept import Verdict, verdict
-from ._policy import raise_if_unusable
-from ._record import TokenRecord
-from ._refresh_flow import Need, locked_refresh, once_more_if_lost, save_kept
-from ._results import TokenStatus
-from ._row_writes import grant_columns, optional_json, to_json
-from ._sql import CHECK_ROW, CREATE_TABLE, LIST_ROWS, TABLE_EXISTS, UPSERT_GRANT, lock_row
-from ._status import classify, not_found
-from .exceptions import (
+from .errors import (
     DatabaseUnavailableError,
+    FlightTimeout,
     InsufficientScopesError,
     InvalidTokenRecordError,
+    LeaderInterrupted,
+    LockWaitTimeout,
     RefreshFailedError,
     TokenNotFoundError,
-    describe_user,
 )
-
-
-def db_now(core: Core) -> Flow[float]:
-    """The database's time now, by this host's clock and the learnt offset."""
-    now: LocalClock = yield ReadClock()
-    return core.clock.db_now(now.wall)
+from .kept import Verdict, verdict
+from .policy import raise_if_unusable
+from .record import TokenRecord
+from .refresh import Need, locked_refresh, save_kept
+from .state import Core
+from .status import TokenStatus, classify, not_found
+from .text import describe_user
+from .windows import Plan, still_valid
+from .writes import grant_columns, optional_json, to_json
 
 
 def read_row(core: Core, user_id: str) -> Flow[tuple[TokenRecord, float]]:
     """The hot path: the user's row and the database's time it was read at.
 
     One retry on a fresh connection if the first one broke (a server restart). A row older
-    than a grant this process holds for it (see `_kept`) is brought up to date first.
+    than a grant this process holds for it (see `kept`) is brought up to date first.
     """
-    read: RowRead = yield from once_more_if_lost(ReadRow(user_id))
+    read = yield from once_more_if_lost(ReadRow(user_id))
     if read.row is None or read.clock is None:
         raise TokenNotFoundError(user_id)
-    clock: ClockSample = read.clock
-    core.clock.observe(clock)
-    if core.kept_waits_for_database:
-        core.kept_waits_for_database = False
-        core.next_flush = 0.0  # the database answers again: write kept grants now
+    clock = read.clock
+    core.db_clock.observe(clock)
+    core.kept.database_answered()  # writes that waited for the database may go now
     record = core.parse(read.row)
     kept = core.kept.get(user_id)
     if kept is not None and kept.state != "writing":  # (a refresh of ours is writing it)
         found = verdict(kept, record)
         if found is Verdict.WRITE:
-            started: LocalClock = yield ReadClock()
             restored = yield from save_kept(
-                core, user_id, record.email, started.monotonic, reason="the row was older"
+                core, user_id, record.email, core.clock.monotonic(), reason="the row was older"
             )
             record = restored or record
         elif found is Verdict.SUPERSEDED:
@@ -195,12 +180,12 @@ def refresh_shared(
     `seen` at once). On a passing failure `seen` is served while `stale_ok(seen, db_now)`.
     """
     uid = seen.user_id
-    started: LocalClock = yield ReadClock()
+    started = core.clock.monotonic()
     failure: RefreshFailedError
     for _ in range(3):  # a waiter whose leader's result does not suit it goes again
         record: TokenRecord | None
         try:
-            record, led = yield Shared(
+            record, led = yield from Shared(
                 uid, lambda: locked_refresh(core, seen, need, lock_wait), wait=follower_wait
             )
         except LeaderInterrupted:
@@ -213,19 +198,18 @@ def refresh_shared(
             break
         if record is None:  # someone in this process is refreshing; ours is still valid
             return seen
-        now = yield from db_now(core)
-        if led or lock_wait is None or not need(record, now):
+        if led or lock_wait is None or not need(record, core.db_now()):
             return record
     else:
         failure = RefreshFailedError(uid, seen.email, "the row kept changing while we waited")
-    now = yield from db_now(core)
+    now = core.db_now()
     if stale_ok is None or not stale_ok(seen, now):
         raise failure
-    yield Emit(
+    yield from Emit(
         "served_stale",
         uid,
         seen.email,
-        started.monotonic,
+        started,
         error=failure.reason,
         level=logging.WARNING,
         message=f"serving the still-valid Gmail token of {describe_user(uid, seen.email)} "
@@ -238,14 +222,14 @@ def flush_kept(core: Core) -> Flow[None]:
     """Write every unsaved kept grant the row does not hold yet.
 
     After a write failed because the database did not answer, not again before the next
-    read succeeds or `_FLUSH_INTERVAL` has passed: callers do not each wait for a dead
+    read succeeds or `kept.FLUSH_INTERVAL` has passed: callers do not each wait for a dead
     database twice.
     """
-    now: LocalClock = yield ReadClock()
-    if now.monotonic < core.next_flush:
+    now = core.clock.monotonic()
+    if not core.kept.flush_due(now):
         return
     for kept in core.kept.unsaved():
-        yield from save_kept(core, kept.user_id, None, now.monotonic, reason="kept earlier")
+        yield from save_kept(core, kept.user_id, None, now, reason="kept earlier")
 
 
 def require_scopes(record: TokenRecord, scopes: Sequence[str] | None) -> None:
@@ -274,38 +258,54 @@ def _status(core: Core, row: Sequence[Any]) -> TokenStatus:
 
 def check(core: Core, user_id: str) -> Flow[TokenStatus]:
     """The health of one grant; never raises for a row that exists."""
-    rows = yield from once_more_if_lost(Query(CHECK_ROW, (user_id,), user_id=user_id))
+    rows = yield from once_more_if_lost(
+        Query(Statement.CHECK_ROW, {"user_id": user_id}, user_id=user_id)
+    )
     return _status(core, rows[0]) if rows else not_found(user_id)
 
 
 def check_all(core: Core) -> Flow[list[TokenStatus]]:
     """The health of every grant, oldest row first; a broken row is reported, not raised."""
-    rows = yield from once_more_if_lost(Query(LIST_ROWS, ()))
+    rows = yield from once_more_if_lost(Query(Statement.LIST_ROWS))
     return [_status(core, row) for row in rows]
 
 
 # --- writing a grant ----------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class NewGrant:
+    """A grant to store (from a consent or an import): the Credentials' values, plainly."""
+
+    access_token: str | None = field(repr=False)
+    refresh_token: str | None = field(repr=False)
+    client_id: str | None
+    client_secret: str | None = field(repr=False)
+    token_uri: str | None
+    scopes: Sequence[str] | None
+    expiry: datetime | None
+
+
 def save(
     core: Core,
     user_id: str,
-    credentials: Credentials,
+    grant: NewGrant,
     *,
     email: str | None,
     robeing_id: str | None,
     metadata: Mapping[str, Any] | None,
 ) -> Flow[TokenRecord]:
     """Insert or replace the user's grant under the row lock (if the row exists)."""
-    if credentials.token_uri and (refusal := core.policy.refusal(credentials.token_uri)):
+    if grant.token_uri and (refusal := core.policy.refusal(grant.token_uri)):
         raise InvalidTokenRecordError(user_id, email, refusal)
-    statement = lock_row(
+    lock = LockRow(
         user_id,
         wait_ms=int(core.windows.lock_timeout * 1000),
         idle_timeout_ms=int(core.windows.idle_in_transaction_timeout * 1000),
+        purpose="save",
     )
     try:
-        locked: RowRead = yield from once_more_if_lost(LockRow(user_id, statement))
+        locked = yield from once_more_if_lost(lock)
     except LockWaitTimeout:
         raise DatabaseUnavailableError(
             f"the row of user {user_id} stayed locked by another process for "
@@ -314,18 +314,18 @@ def save(
     existing = core.parse(locked.row) if locked.row is not None else None
     values = grant_columns(
         existing=existing,
-        access_token=credentials.token,
-        refresh_token=credentials.refresh_token,
-        client_id=credentials.client_id,
-        client_secret=credentials.client_secret,
-        token_uri=credentials.token_uri,
-        scopes=credentials.scopes,
-        expiry=credentials.expiry,
+        access_token=grant.access_token,
+        refresh_token=grant.refresh_token,
+        client_id=grant.client_id,
+        client_secret=grant.client_secret,
+        token_uri=grant.token_uri,
+        scopes=grant.scopes,
+        expiry=grant.expiry,
         email=email,
         metadata=metadata,
     )
-    rows = yield Execute(
-        UPSERT_GRANT,
+    rows = yield from Execute(
+        Statement.UPSERT_GRANT,
         {
             "user_id": user_id,
             "robeing_id": robeing_id,
@@ -336,13 +336,13 @@ def save(
             "expiry": values.expiry,
         },
         user_id=user_id,
+        commit=True,
     )
-    yield Commit()
     record = core.parse(rows[0])
     # A new consent supersedes anything this process kept for the user.
     core.kept.forget(user_id)
-    yield Forget(user_id)
-    yield Log(
+    yield from Forget(user_id)
+    yield from Log(
         logging.INFO,
         f"saved the Gmail grant of {describe_user(record.user_id, record.email)}, token "
         f"expires {record.expiry}",
@@ -352,8 +352,8 @@ def save(
 
 def create_table() -> Flow[bool]:
     """Create gmail_token if it does not exist; True when it was created."""
-    rows = yield Query(TABLE_EXISTS, ())
+    rows = yield from Query(Statement.TABLE_EXISTS)
     if rows and rows[0][0]:
         return False
-    yield Query(CREATE_TABLE, ())
+    yield from Query(Statement.CREATE_TABLE)
     return True

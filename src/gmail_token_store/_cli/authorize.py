@@ -17,10 +17,9 @@ from urllib.parse import urlsplit
 from google.oauth2.credentials import Credentials
 from google_auth_oauthlib.flow import InstalledAppFlow, WSGITimeoutError
 
-from ._policy import is_loopback
-from ._record import GMAIL_SEND
-from ._store import TokenStore
-from .exceptions import ConfigurationError, InsufficientScopesError
+from .. import GMAIL_SEND, TokenStore
+from .._core.policy import is_loopback
+from ..exceptions import ConfigurationError, InsufficientScopesError
 
 
 def _client_config(path: Path) -> dict[str, Any]:

@@ -1,27 +1,29 @@
 """What both stores share outside the flows: options, decision state, cache, hand-out,
-input checks and result building. Each store adds only how it performs I/O."""
+input checks and result building. Each store adds only its shell (how it performs I/O)."""
 
 from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Sequence
-from typing import Any
+from datetime import timedelta
 
 from google.oauth2.credentials import Credentials
 
 from ._cache import CredentialsCache
-from ._core import Core
-from ._events import logger
+from ._core.errors import parse_user_id
+from ._core.flows import NewGrant
+from ._core.record import TokenRecord
+from ._core.state import Core
 from ._handout import Refresher, hand_out
+from ._io.events import logger
 from ._options import StoreOptions, settings_from
-from ._record import TokenRecord
 from ._results import RefreshResult
-from ._user_id import parse_user_id
 
-_TIMESTAMPTZ_OID = 1184
 #: The width of the production table's robeing_id column (VARCHAR(50)).
 _ROBEING_ID_MAX = 50
+#: A mandatory window shorter than this is still treated as this long by handed-out
+#: Credentials, so that google-auth refreshes them a little before the real end.
+_MIN_HANDOUT_WINDOW = 10.0
 
 
 class StoreBase:
@@ -29,11 +31,21 @@ class StoreBase:
 
     def __init__(self, options: StoreOptions) -> None:
         self._settings = settings = settings_from(options)
-        self._core = Core(settings)
+        self._core = Core(
+            windows=settings.windows,
+            http_timeout=settings.http_timeout,
+            allowed_token_hosts=settings.allowed_token_hosts,
+            fallback_client=(settings.client_id, settings.client_secret),
+        )
         self._cache = (
             CredentialsCache(ttl=settings.cache_ttl, max_entries=settings.cache_size)
             if settings.cache_ttl
             else None
+        )
+        #: What handed-out Credentials count as expired / stale (see `_handout`).
+        self._handout_windows = (
+            timedelta(seconds=max(settings.mandatory_refresh_margin, _MIN_HANDOUT_WINDOW)),
+            timedelta(seconds=settings.refresh_margin),
         )
 
     @property
@@ -57,16 +69,21 @@ class StoreBase:
             f"cache={'on' if self._cache else 'off'}{' closed' if closed else ''}>"
         )
 
+    def _forget_cached(self, user_id: str) -> None:
+        """The shells' `Forget` effect: the next call reads the row."""
+        if self._cache is not None:
+            self._cache.invalidate(user_id)
+
     def _hand_out(self, record: TokenRecord, refresher: Refresher) -> Credentials:
         """The Credentials for a record, kept in the cache (when on) until they are due."""
         core = self._core
-        credentials = hand_out(record, refresher, core.handout_windows, core.clock)
+        credentials = hand_out(record, refresher, self._handout_windows, core.db_clock)
         if self._cache is not None:
             self._cache.put(
                 record.user_id,
                 credentials,
                 frozenset(record.scopes) if record.scopes is not None else None,
-                seconds_left=record.seconds_left(core.clock.db_now(time.time())),
+                seconds_left=record.seconds_left(core.db_now()),
                 refresh_margin=self._settings.refresh_margin,
                 now=time.monotonic(),
             )
@@ -87,8 +104,8 @@ class StoreBase:
             self._cache.after_fork()
 
 
-def check_save_input(credentials: object, robeing_id: object, metadata: object) -> None:
-    """Refuse what `save` cannot store, before anything is written (ValueError)."""
+def new_grant(credentials: object, robeing_id: object, metadata: object) -> NewGrant:
+    """What `save` stores, checked before anything is written (ValueError)."""
     if not isinstance(credentials, Credentials):
         raise ValueError("credentials must be google.oauth2.credentials.Credentials")
     if not credentials.token and not credentials.refresh_token:
@@ -99,6 +116,15 @@ def check_save_input(credentials: object, robeing_id: object, metadata: object) 
         not isinstance(robeing_id, str) or len(robeing_id) > _ROBEING_ID_MAX
     ):
         raise ValueError(f"robeing_id must be a string of at most {_ROBEING_ID_MAX} characters")
+    return NewGrant(
+        access_token=credentials.token,
+        refresh_token=credentials.refresh_token,
+        client_id=credentials.client_id,
+        client_secret=credentials.client_secret,
+        token_uri=credentials.token_uri,
+        scopes=credentials.scopes,
+        expiry=credentials.expiry,
+    )
 
 
 def refresh_result(
@@ -111,17 +137,8 @@ def refresh_result(
         status="refreshed" if record.access_token != seen.access_token else "valid",
         user_id=record.user_id,
         email=record.email,
-        expires_in=max(int(record.seconds_left(core.clock.db_now(local_now))), 0),
+        expires_in=max(int(record.seconds_left(core.db_clock.db_now(local_now))), 0),
         expiry=record.expiry,
         access_token=record.access_token,
         credentials=credentials,
-    )
-
-
-def timestamptz_column(description: Sequence[Any] | None, index: int) -> bool:
-    """Is column `index` of a cursor's description a timestamptz?"""
-    return (
-        description is not None
-        and len(description) > index
-        and (description[index].type_code == _TIMESTAMPTZ_OID)
     )

@@ -19,7 +19,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from ._record import TokenRecord
+from .record import TokenRecord
 
 #: A caller holding a still-valid token waits for another caller's refresh at most until
 #: its own token has this many seconds left, and is then served that token: enough for

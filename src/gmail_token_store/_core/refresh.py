@@ -1,14 +1,14 @@
 """The locked refresh, written once: lock, re-check, request, write-back, late save.
 
-Both stores drive these generators (see `_effects`). The order, and why:
+Both shells drive these generators (see `effects`). The order, and why:
 
-1. Lock the row (`_sql.lock_row`): one round trip opens the transaction, sets its
+1. Lock the row (`LockRow`): one round trip opens the transaction, sets its
    timeouts and takes `FOR NO KEY UPDATE` (or only tries it, SKIP LOCKED, in the advisory
    window). A connection that broke before the lock is retried once: nothing was sent yet.
-2. Write a kept grant first if the row is older than it (see `_kept`): the refresh must
+2. Write a kept grant first if the row is older than it (see `kept`): the refresh must
    use the newest refresh token this process knows.
 3. Re-check under the lock: a caller that waited finds the token somebody else refreshed.
-4. The token request (`_exchange`), with the lock held, so exactly one request is made.
+4. The token request (`exchange`), with the lock held, so exactly one request is made.
 5. From the answer on, the grant is kept in memory, then written under the lock and
    committed. If that fails (the connection dropped, the session timed out, the database
    went away, an interrupt arrived), it is written by compare-and-set on a fresh
@@ -25,26 +25,35 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from ._core import Core
-from ._db_errors import ConnectionLost, LockWaitTimeout
-from ._effects import (
+from .effects import (
     Commit,
     Emit,
     Execute,
     Flow,
     Forget,
-    LocalClock,
     LockRow,
     Log,
     Query,
-    ReadClock,
-    RowRead,
+    Statement,
+    once_more_if_lost,
 )
-from ._exchange import EndpointError, Grant, exchange
-from ._kept import KeptGrant, Verdict, verdict
-from ._policy import raise_if_unusable
-from ._record import TokenRecord, from_epoch, utc_naive
-from ._row_writes import (
+from .errors import (
+    DatabaseUnavailableError,
+    InvalidTokenRecordError,
+    LockWaitTimeout,
+    OAuthClientError,
+    ReauthRequiredError,
+    RefreshFailedError,
+    TokenNotFoundError,
+    TokenStoreError,
+)
+from .exchange import EndpointError, Grant, exchange
+from .kept import KeptGrant, Verdict, verdict
+from .policy import raise_if_unusable
+from .record import TokenRecord, from_epoch, utc_naive
+from .state import Core
+from .text import describe_user
+from .writes import (
     UnwritableError,
     expiry_param,
     metadata_with_failure,
@@ -53,41 +62,9 @@ from ._row_writes import (
     refreshed_token_data,
     to_json,
 )
-from ._sql import (
-    READ_ROW,
-    RECORD_FAILURE,
-    WRITE_GRANT,
-    WRITE_GRANT_IF_VERSION,
-    lock_row,
-)
-from .exceptions import (
-    DatabaseUnavailableError,
-    InvalidTokenRecordError,
-    OAuthClientError,
-    ReauthRequiredError,
-    RefreshFailedError,
-    TokenNotFoundError,
-    TokenStoreError,
-    describe_user,
-)
-
-#: After a kept grant could not be written, pending grants are not tried again for this
-#: long (seconds), unless a read succeeds first: callers do not each wait for a dead
-#: database twice.
-FLUSH_INTERVAL = 1.0
 
 #: Decides, under the lock, whether the row (as it is now) still needs a refresh.
 Need = Callable[[TokenRecord, float], bool]
-
-
-def once_more_if_lost(effect: Any) -> Flow[Any]:
-    """Perform a database effect; once more, on a fresh connection, if the connection broke
-    (a server restart, a failover). Only for effects that had not changed anything yet."""
-    try:
-        return (yield effect)
-    except ConnectionLost as lost:
-        yield Log(logging.INFO, f"database connection lost ({lost}); retrying once")
-        return (yield effect)
 
 
 def locked_refresh(
@@ -98,8 +75,8 @@ def locked_refresh(
     `lock_wait`: seconds to wait for the lock; None only tries it, and then `seen` comes
     back at once if another transaction holds it.
     """
-    started: LocalClock = yield ReadClock()
-    locked = yield from _lock(core, seen, lock_wait, started.monotonic)
+    started = core.clock.monotonic()
+    locked = yield from _lock(core, seen, lock_wait, started)
     if locked is None:
         return seen  # locked by a refresher elsewhere: the current token stays in use
     record, db_now = locked
@@ -108,24 +85,27 @@ def locked_refresh(
     if kept is not None and verdict(kept, record) is Verdict.WRITE:
         # The row is older than a grant we hold: write ours first, never refresh with a
         # refresh token the endpoint may have revoked. Then start over on the new row.
-        rows = yield Execute(WRITE_GRANT, grant_params(core, record, kept), user_id=record.user_id)
-        yield Commit()
+        rows = yield from Execute(
+            Statement.WRITE_GRANT,
+            grant_params(core, record, kept),
+            user_id=record.user_id,
+            commit=True,
+        )
         core.kept.saved(record.user_id, kept.access_token)
         restored = core.parse(rows[0])
-        yield _restored(restored, started.monotonic)
+        yield from _restored(restored, started)
         if not need(restored, db_now):
             return restored
         return (yield from locked_refresh(core, restored, need, lock_wait))
 
     if not need(record, db_now):
-        yield Commit()
+        yield from Commit()
         return record  # refreshed by someone else while we waited
     raise_if_unusable(record, core.policy)
     _raise_if_unwritable(record)
-    grant = yield from _request(core, record, started.monotonic)
-    answered: LocalClock = yield ReadClock()
-    kept = _keep(core, record, grant, answered)  # from here on, the grant must not be lost
-    return (yield from _write_back(core, record, kept, started.monotonic))
+    grant = yield from _request(core, record, started)
+    kept = _keep(core, record, grant)  # from here on, the grant must not be lost
+    return (yield from _write_back(core, record, kept, started))
 
 
 def _lock(
@@ -134,16 +114,16 @@ def _lock(
     """Open the transaction and lock the row: (the row, the database's time), or None when
     only trying and another transaction holds it."""
     uid, email = seen.user_id, seen.email
-    statement = lock_row(
+    lock = LockRow(
         uid,
         wait_ms=None if lock_wait is None else int(lock_wait * 1000),
         idle_timeout_ms=int(core.windows.idle_in_transaction_timeout * 1000),
     )
     try:
         # Nothing was sent to the token endpoint yet: safe to run again.
-        locked: RowRead = yield from once_more_if_lost(LockRow(uid, statement))
+        locked = yield from once_more_if_lost(lock)
     except LockWaitTimeout:
-        yield Emit("lock_timeout", uid, email, started, error="lock_timeout")
+        yield from Emit("lock_timeout", uid, email, started, error="lock_timeout")
         raise RefreshFailedError(
             uid, email, f"another process held the row lock for more than {lock_wait or 0:g} s"
         ) from None
@@ -151,7 +131,7 @@ def _lock(
         if lock_wait is None:
             return None
         raise TokenNotFoundError(uid)
-    core.clock.observe(locked.clock)
+    core.db_clock.observe(locked.clock)
     core.expiry_has_time_zone = locked.expiry_has_time_zone
     return core.parse(locked.row), locked.clock.db_now
 
@@ -169,13 +149,14 @@ def _request(core: Core, record: TokenRecord, started: float) -> Flow[Grant]:
                 record.refresh_token,
                 record.client_id,
                 record.client_secret,
-                http_timeout=core.settings.http_timeout,
+                http_timeout=core.http_timeout,
+                clock=core.clock,
             )
         )
     except EndpointError as exc:
         if exc.kind == "revoked":
             raise (yield from _record_revocation(core, record, exc, started)) from None
-        yield Emit("refresh_failed", record.user_id, record.email, started, error=exc.error)
+        yield from Emit("refresh_failed", record.user_id, record.email, started, error=exc.error)
         raise _endpoint_failure(record, exc) from None
 
 
@@ -189,8 +170,9 @@ def _write_back(
     """
     uid, email = record.user_id, record.email
     try:
-        rows = yield Execute(WRITE_GRANT, grant_params(core, record, kept), user_id=uid)
-        yield Commit()
+        rows = yield from Execute(
+            Statement.WRITE_GRANT, grant_params(core, record, kept), user_id=uid, commit=True
+        )
     except GeneratorExit:
         raise  # the flow is being discarded, not driven: nothing can be done here
     except BaseException as exc:
@@ -201,7 +183,7 @@ def _write_back(
         return saved if saved is not None else in_memory(record, kept)
     core.kept.saved(uid, kept.access_token)
     updated = core.parse(rows[0])
-    yield Emit(
+    yield from Emit(
         "refreshed",
         uid,
         email,
@@ -218,35 +200,36 @@ def _why(exc: BaseException) -> str:
     return type(exc).__name__
 
 
-def _keep(core: Core, record: TokenRecord, grant: Grant, answered: LocalClock) -> KeptGrant:
+def _keep(core: Core, record: TokenRecord, grant: Grant) -> KeptGrant:
     """Keep a fresh grant (being written); its expiry counted on the database's clock."""
     assert record.refresh_token  # noqa: S101 - a refresh needs one
+    answered = core.clock.monotonic()
     kept = KeptGrant(
         user_id=record.user_id,
         row_id=record.row_id,
         access_token=grant.access_token,
         refresh_token=grant.rotated_refresh_token or record.refresh_token,
         replaced_refresh_token=record.refresh_token,
-        expiry_epoch=core.clock.db_now(answered.wall) + grant.expires_in,
+        expiry_epoch=core.db_now() + grant.expires_in,
         scopes=grant.scopes,
         state="writing",
-        kept_at=answered.monotonic,
+        kept_at=answered,
     )
-    core.kept.keep(kept, answered.monotonic)
+    core.kept.keep(kept, answered)
     return kept
 
 
-def grant_params(core: Core, record: TokenRecord, kept: KeptGrant) -> list[Any]:
-    """Parameters of WRITE_GRANT (WRITE_GRANT_IF_VERSION takes id and version first)."""
+def grant_params(core: Core, record: TokenRecord, kept: KeptGrant) -> dict[str, Any]:
+    """Parameters of WRITE_GRANT (WRITE_GRANT_IF_VERSION also takes `version`)."""
     cleaned_metadata = metadata_without_failure(record)
-    return [
-        to_json(refreshed_token_data(record, kept.access_token, kept.refresh_token)),
-        expiry_param(from_epoch(kept.expiry_epoch), core.expiry_has_time_zone),
-        optional_json(list(kept.scopes) if kept.scopes is not None else None),
-        cleaned_metadata is not None,
-        optional_json(cleaned_metadata),
-        record.row_id,
-    ]
+    return {
+        "token_data": to_json(refreshed_token_data(record, kept.access_token, kept.refresh_token)),
+        "expiry": expiry_param(from_epoch(kept.expiry_epoch), core.expiry_has_time_zone),
+        "scopes": optional_json(list(kept.scopes) if kept.scopes is not None else None),
+        "set_metadata": cleaned_metadata is not None,
+        "metadata": optional_json(cleaned_metadata),
+        "row_id": record.row_id,
+    }
 
 
 def _raise_if_unwritable(record: TokenRecord) -> None:
@@ -294,10 +277,10 @@ def save_kept(  # noqa: PLR0911 - one return per outcome, each commented
         if kept is None:
             return None
         try:
-            rows = yield Query(READ_ROW, (user_id,), user_id=user_id)
+            rows = yield from Query(Statement.READ_ROW, {"user_id": user_id}, user_id=user_id)
             if not rows:
                 core.kept.forget(user_id, kept.access_token)
-                yield Log(
+                yield from Log(
                     logging.WARNING, f"the row of user {user_id} is gone; its kept grant is dropped"
                 )
                 return None
@@ -309,16 +292,14 @@ def save_kept(  # noqa: PLR0911 - one return per outcome, each commented
             if found is Verdict.SUPERSEDED:
                 core.kept.forget(user_id, kept.access_token)
                 return None
-            rows = yield Query(
-                WRITE_GRANT_IF_VERSION,
-                [record.row_id, record.version, *grant_params(core, record, kept)[:-1]],
+            rows = yield from Query(
+                Statement.WRITE_GRANT_IF_VERSION,
+                {**grant_params(core, record, kept), "version": record.version},
                 user_id=user_id,
             )
         except TokenStoreError as exc:
-            failed_at: LocalClock = yield ReadClock()
-            core.next_flush = failed_at.monotonic + FLUSH_INTERVAL
-            core.kept_waits_for_database = True
-            yield Emit(
+            core.kept.defer_flush(core.clock.monotonic(), database_down=True)
+            yield from Emit(
                 "grant_kept",
                 user_id,
                 email,
@@ -334,35 +315,38 @@ def save_kept(  # noqa: PLR0911 - one return per outcome, each commented
         if rows:
             core.kept.saved(user_id, kept.access_token)
             restored = core.parse(rows[0])
-            yield _restored(restored, started)
+            yield from _restored(restored, started)
             return restored
     # The row kept changing, or another transaction holds it: try again a little later.
-    busy: LocalClock = yield ReadClock()
-    core.next_flush = busy.monotonic + FLUSH_INTERVAL
+    core.kept.defer_flush(core.clock.monotonic(), database_down=False)
     return None
 
 
 def _record_revocation(
     core: Core, record: TokenRecord, exc: EndpointError, started: float
 ) -> Flow[ReauthRequiredError]:
-    now: LocalClock = yield ReadClock()
     metadata = metadata_with_failure(
-        record, exc.error, exc.description, utc_naive(from_epoch(core.clock.db_now(now.wall)))
+        record, exc.error, exc.description, utc_naive(from_epoch(core.db_now()))
     )
     try:
-        if metadata is not None:
-            yield Execute(RECORD_FAILURE, (to_json(metadata), record.row_id))
-        yield Commit()
+        if metadata is None:
+            yield from Commit()
+        else:
+            yield from Execute(
+                Statement.RECORD_FAILURE,
+                {"metadata": to_json(metadata), "row_id": record.row_id},
+                commit=True,
+            )
     except DatabaseUnavailableError as lost:  # the grant is dead all the same
-        yield Log(
+        yield from Log(
             logging.WARNING, f"could not record the dead grant of user {record.user_id}: {lost}"
         )
-    yield Forget(record.user_id)
+    yield from Forget(record.user_id)
     detail = f" ({exc.description})" if exc.description else ""
     error = ReauthRequiredError(
         record.user_id, record.email, f"the token endpoint answered {exc.error}{detail}"
     )
-    yield Emit(
+    yield from Emit(
         "reauth_required",
         record.user_id,
         record.email,

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from ._record import FAILURE_KEY, GOOGLE_TOKEN_URI, TokenRecord, fingerprint, utc_naive
+from .record import FAILURE_KEY, GOOGLE_TOKEN_URI, TokenRecord, fingerprint, utc_naive
 
 
 class UnwritableError(ValueError):

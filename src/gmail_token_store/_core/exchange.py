@@ -2,8 +2,9 @@
 
 A refresh is one form POST: `grant_type=refresh_token` with the refresh token and the
 OAuth client. This module builds it, classifies every answer and decides retries; it does
-no I/O. `exchange()` yields `PostForm` / `Sleep` / `ReadClock` effects that the sync store
-performs with `httpx.Client` and the async store with `httpx.AsyncClient`.
+no I/O. `exchange()` yields `PostForm` and `Sleep` effects that the sync shell performs
+with `httpx.Client` and the async shell with `httpx.AsyncClient`, and times itself by the
+injected clock.
 
 Bounded, because a refresh runs while the row lock is held: each request gets at most
 `http_timeout`, the whole refresh `3 x http_timeout` across at most three requests, and only
@@ -18,9 +19,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import httpx
-
-from ._effects import Flow, HttpAnswer, LocalClock, PostForm, ReadClock, Sleep
+from .clock import Clock
+from .effects import Flow, HttpAnswer, PostForm, Sleep
 
 _REVOKED = frozenset({"invalid_grant"})
 _CLIENT_REJECTED = frozenset({"invalid_client", "unauthorized_client", "deleted_client"})
@@ -153,6 +153,7 @@ def exchange(
     client_secret: str,
     *,
     http_timeout: float,
+    clock: Clock,
 ) -> Flow[Grant]:
     """Exchange a refresh token for an access token within `3 x http_timeout` seconds.
 
@@ -162,16 +163,14 @@ def exchange(
             "rejected" (any other refusal).
     """
     form = refresh_form(refresh_token, client_id, client_secret)
-    started: LocalClock = yield ReadClock()
-    deadline = started.monotonic + 3 * http_timeout
+    deadline = clock.monotonic() + 3 * http_timeout
     failure = EndpointError("transient", "the refresh time budget is used up")
     for attempt in range(1, MAX_ATTEMPTS + 1):
-        now: LocalClock = yield ReadClock()
-        remaining = deadline - now.monotonic
+        remaining = deadline - clock.monotonic()
         if remaining <= 0:
             break
         try:
-            answer: HttpAnswer = yield PostForm(
+            answer = yield from PostForm(
                 token_uri, form, timeout=min(http_timeout, remaining), max_bytes=MAX_ANSWER_BYTES
             )
         except EndpointUnreachable as exc:
@@ -184,15 +183,7 @@ def exchange(
                 raise outcome
             failure = outcome
         pause = _BACKOFF_SECONDS[min(attempt - 1, len(_BACKOFF_SECONDS) - 1)]
-        now = yield ReadClock()
-        if attempt == MAX_ATTEMPTS or deadline - now.monotonic <= pause:
+        if attempt == MAX_ATTEMPTS or deadline - clock.monotonic() <= pause:
             break
-        yield Sleep(pause)
+        yield from Sleep(pause)
     raise failure
-
-
-def unreachable(exc: Exception) -> EndpointUnreachable:
-    """What a store throws into `exchange` when its HTTP client raised `exc`."""
-    if isinstance(exc, httpx.TimeoutException | TimeoutError):
-        return EndpointUnreachable("the token endpoint did not answer in time")
-    return EndpointUnreachable("the token endpoint could not be reached")

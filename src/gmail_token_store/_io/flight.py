@@ -13,7 +13,7 @@ import threading
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
-from ._effects import FlightTimeout, LeaderInterrupted
+from .._core.errors import FlightTimeout, LeaderInterrupted
 
 T = TypeVar("T")
 

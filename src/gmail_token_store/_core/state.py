@@ -1,0 +1,61 @@
+"""The decision state one store carries: windows, policy, kept grants, the clocks.
+
+A store (sync or async) owns one Core and drives the flows in `flows` against it. Nothing
+here does I/O; the time comes from the injected `Clock`.
+
+Who writes what, and why no lock is needed beyond the ones named (flows run in many
+threads at once, and in the coroutines of any number of event loops):
+
+* `kept` (KeptGrants) guards its grants and its flush schedule with its own lock;
+* `db_clock` replaces its best sample in one assignment (see `DatabaseClock`);
+* `policy` remembers verdicts in a dict; each entry is a pure function of its key, so a
+  race writes the same value twice (and the clearing of a full dict loses only memos);
+* `expiry_has_time_zone` is set by every lock from what the database reports for the
+  table's expiry column: every writer writes the same value for the same table;
+* everything else is set in `__init__` (or `after_fork`, in a child, before any thread).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from .clock import SYSTEM_CLOCK, Clock, DatabaseClock
+from .kept import KeptGrants
+from .policy import TokenUriPolicy
+from .record import TokenRecord, parse_row
+from .windows import Windows
+
+
+class Core:
+    """Everything a store decides with, shared by the sync and the async shell."""
+
+    def __init__(
+        self,
+        *,
+        windows: Windows,
+        http_timeout: float,
+        allowed_token_hosts: Iterable[str] = (),
+        fallback_client: tuple[str | None, str | None] = (None, None),
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
+        self.windows = windows
+        self.http_timeout = http_timeout
+        self.policy = TokenUriPolicy(allowed_token_hosts)
+        self.fallback_client = fallback_client
+        self.clock = clock
+        self.db_clock = DatabaseClock()
+        self.kept = KeptGrants()
+        #: Whether the table's expiry column is a timestamptz; learnt from the first lock.
+        self.expiry_has_time_zone = False
+
+    def parse(self, row: Sequence[Any]) -> TokenRecord:
+        return parse_row(row, fallback_client=self.fallback_client)
+
+    def db_now(self) -> float:
+        """The database's time now, by this host's clock and the learnt offset."""
+        return self.db_clock.db_now(self.clock.time())
+
+    def after_fork(self) -> None:
+        """In a child process: the parent keeps its own grants (see `KeptGrants`)."""
+        self.kept.after_fork()

@@ -1,0 +1,333 @@
+"""The sync shell: performs the core's effects for a TokenStore with psycopg and httpx.
+
+`SyncShell.drive` runs a flow (see `_core.effects`): it performs each effect the flow
+yields and sends the result back, or throws the error in. It decides nothing about tokens;
+it knows how to run a statement on a pooled connection, keep a transaction's connection
+from LockRow to its commit, POST a form, and share a refresh between threads. Driver
+errors are mapped, and connections released, in one place (`_database`).
+
+Its connections, HTTP client and single flight belong to the process that opened them: a
+forked child opens its own on first use (see `fork`). `async_shell` is its twin, kept
+line-parallel: a diff of the two shows the awaits and the per-loop resources.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar, assert_never
+
+import httpx
+import psycopg
+from psycopg import sql
+from psycopg_pool import ConnectionPool
+
+from .._core.clock import ClockSample
+from .._core.effects import (
+    Commit,
+    DatabaseEffect,
+    Effect,
+    Emit,
+    Execute,
+    Flow,
+    Forget,
+    HttpAnswer,
+    LockRow,
+    Log,
+    PostForm,
+    Query,
+    ReadRow,
+    Row,
+    RowRead,
+    Shared,
+    Sleep,
+)
+from .._core.errors import TokenStoreError
+from .._core.events import EventHook
+from . import fork
+from .conninfo import Conninfo
+from .errors import database_error, expect_user, unreachable
+from .events import announce, logger
+from .flight import SingleFlight
+from .pool import Connection, Pool, PoolAdapter
+from .sql import EXPIRY_COLUMN, READ_ROW, SQL, lock_row, privilege, timestamptz_column
+
+T = TypeVar("T")
+_IDLE = psycopg.pq.TransactionStatus.IDLE
+_ROLLBACK_OK = frozenset(
+    {psycopg.pq.TransactionStatus.INTRANS, psycopg.pq.TransactionStatus.INERROR}
+)
+_HOT_CURSOR = "_gmail_token_store_cursor"
+
+
+class _Resources:
+    """What one process of a store has open: never shared with a forked child."""
+
+    def __init__(self, pool: Pool | PoolAdapter, http: httpx.Client) -> None:
+        self.pid = os.getpid()
+        self.pool = pool
+        self.http = http
+        self.flights: SingleFlight[Any] = SingleFlight()
+
+
+class Transaction:
+    """The connection a flow's transaction runs on, from LockRow to its commit."""
+
+    __slots__ = ("conn", "pool")
+
+    def __init__(self) -> None:
+        self.conn: Connection | None = None
+        self.pool: Pool | PoolAdapter | None = None
+
+
+class SyncShell:
+    """Performs effects for one TokenStore (see the module docstring)."""
+
+    def __init__(
+        self,
+        conninfo: Conninfo | ConnectionPool[Any],
+        *,
+        max_connections: int,
+        connect_timeout: float,
+        prepare_threshold: int | None,
+        on_event: EventHook | None,
+        forget: Callable[[str], None],
+    ) -> None:
+        self._conninfo = conninfo
+        self._max_connections = max_connections
+        self._connect_timeout = connect_timeout
+        self._prepare_threshold = prepare_threshold
+        # Per-statement override: with a pool we do not own we cannot set the connection's.
+        self._prepare: bool | None = False if prepare_threshold is None else None
+        self._on_event = on_event
+        self._forget = forget
+        self._resources: _Resources | None = None
+        self._lock = threading.Lock()
+        self.closed = False
+
+    def drive(self, flow: Flow[T]) -> T:
+        """Perform each effect `flow` yields until it returns (see `_core.effects`)."""
+        tx = Transaction()
+        try:
+            effect = flow.send(None)
+            while True:
+                try:
+                    result = self._perform(effect, tx)
+                except psycopg.Error as exc:  # the one place a driver error becomes ours
+                    effect = flow.throw(database_error(exc, privilege(effect)))
+                except BaseException as exc:
+                    effect = flow.throw(exc)
+                else:
+                    effect = flow.send(result)
+        except StopIteration as stop:
+            value: T = stop.value
+            return value
+        finally:
+            if tx.conn is not None:
+                self._end_abandoned(tx)
+
+    def _perform(self, effect: Effect, tx: Transaction) -> object:
+        result: object = None
+        match effect:
+            case ReadRow() | Query() | LockRow() | Execute() | Commit():
+                result = self._database(effect, tx)
+            case PostForm():
+                result = self._post_form(effect)
+            case Sleep():
+                time.sleep(effect.seconds)
+            case Emit():
+                announce(effect, self._on_event, time.monotonic())
+            case Log():
+                logger.log(effect.level, "%s", effect.message)
+            case Forget():
+                self._forget(effect.user_id)
+            case Shared():
+                result = self._shared(effect)
+            case _:
+                assert_never(effect)
+        return result
+
+    @property
+    def opened(self) -> bool:
+        """Has this process opened connections (is there anything to close)?"""
+        return self._resources is not None and self._resources.pid == os.getpid()
+
+    def close(self) -> None:
+        """Close this process's connections and HTTP client (a pool passed in stays open)."""
+        self.closed = True
+        resources, self._resources = self._resources, None
+        if resources is not None and resources.pid == os.getpid():
+            resources.pool.close()
+            resources.http.close()
+
+    def after_fork(self) -> None:
+        """In a child: forget the parent's resources without touching them (see `fork`)."""
+        fork.inherit(self._resources)
+        self._resources = None
+        self._lock = threading.Lock()
+
+    def _open(self) -> _Resources:
+        resources = self._resources
+        if resources is not None and resources.pid == os.getpid():
+            return resources
+        with self._lock:
+            if self.closed:
+                raise TokenStoreError("this TokenStore is closed")
+            resources = self._resources
+            if resources is None or resources.pid != os.getpid():
+                # (a pid mismatch here: forked without Python's at-fork hooks)
+                fork.inherit(resources)
+                resources = self._resources = self._new_resources()
+            return resources
+
+    def _new_resources(self) -> _Resources:
+        pool: Pool | PoolAdapter
+        if isinstance(self._conninfo, ConnectionPool):
+            pool = PoolAdapter(self._conninfo, connect_timeout=self._connect_timeout)
+        else:
+            pool = Pool(
+                self._conninfo,
+                max_size=self._max_connections,
+                connect_timeout=self._connect_timeout,
+                prepare_threshold=self._prepare_threshold,
+            )
+        http = httpx.Client(
+            limits=httpx.Limits(max_connections=self._max_connections),
+            follow_redirects=False,
+        )
+        return _Resources(pool, http)
+
+    # --- the database: every statement, one error mapping, one release ---------------------
+
+    def _database(self, effect: DatabaseEffect, tx: Transaction) -> object:
+        """Run one database effect. A failure ends the connection's part here: an autocommit
+        connection is discarded, a transaction rolled back (or its connection discarded,
+        which ends the session and its lock); `drive` maps the driver's error."""
+        if isinstance(effect, Execute | Commit):
+            conn, pool = tx.conn, tx.pool
+            assert conn is not None  # noqa: S101 - LockRow came first
+            assert pool is not None  # noqa: S101
+        else:
+            pool = self._open().pool
+            conn = pool.getconn()
+            if isinstance(effect, LockRow):
+                tx.conn, tx.pool = conn, pool
+        try:
+            result = self._run(conn, effect)
+        except BaseException:
+            if tx.conn is conn:
+                self._end_abandoned(tx)
+            else:
+                pool.discard(conn)
+            raise
+        if tx.conn is not conn:
+            pool.putconn(conn)
+        elif isinstance(effect, Commit) or (isinstance(effect, Execute) and effect.commit):
+            tx.conn = None
+            pool.putconn(conn)
+        return result
+
+    def _run(self, conn: Connection, effect: DatabaseEffect) -> object:
+        match effect:
+            case ReadRow():
+                sent = time.time()
+                cursor = _hot_cursor(conn)
+                params = {"user_id": effect.user_id}
+                row = cursor.execute(READ_ROW.text, params, prepare=self._prepare).fetchone()
+                received = time.time()
+                expect_user(row, effect.user_id)
+                if conn.info.transaction_status is not _IDLE:
+                    conn.commit()  # a pool handed to us may not be autocommit
+                return RowRead(row, ClockSample(row[-1], sent, received) if row else None)
+            case Query():
+                rows = self._rows(conn, effect)
+                if conn.info.transaction_status is not _IDLE:
+                    conn.commit()
+                return rows
+            case LockRow():
+                # One simple-protocol query: BEGIN (unless psycopg already began one on a
+                # connection that is not autocommit), the timeouts, the lock.
+                statement = lock_row(effect.user_id, effect.wait_ms, effect.idle_timeout_ms)
+                if conn.autocommit:
+                    statement = sql.SQL("BEGIN; ") + statement
+                sent = time.time()
+                cursor = conn.execute(statement, prepare=False)
+                while cursor.nextset():  # to the SELECT's result
+                    pass
+                row = cursor.fetchone()
+                received = time.time()
+                expect_user(row, effect.user_id)
+                has_tz = timestamptz_column(cursor.description, EXPIRY_COLUMN)
+                return RowRead(row, ClockSample(row[-1], sent, received) if row else None, has_tz)
+            case Execute():
+                rows = self._rows(conn, effect)
+                if effect.commit:
+                    conn.commit()
+                return rows
+            case Commit():
+                conn.commit()
+                return None
+            case _:
+                assert_never(effect)
+
+    def _rows(self, conn: Connection, effect: Query | Execute) -> list[Row]:
+        text = SQL[effect.statement].text
+        cursor = conn.execute(text, effect.params, prepare=self._prepare)
+        rows = cursor.fetchall() if cursor.description is not None else []
+        for row in rows:
+            expect_user(row, effect.user_id)
+        return rows
+
+    def _end_abandoned(self, tx: Transaction) -> None:
+        """End a transaction the flow left (it raised): roll back, or discard the
+        connection if it is mid-query or broken, which ends the session and its lock."""
+        conn, tx.conn = tx.conn, None
+        pool = tx.pool
+        if conn is None or pool is None:
+            return
+        if not conn.broken and conn.info.transaction_status in _ROLLBACK_OK:
+            try:
+                conn.rollback()
+            except psycopg.Error:
+                pool.discard(conn)
+                return
+            pool.putconn(conn)
+            return
+        pool.discard(conn)
+
+    # --- the token endpoint and the single flight ------------------------------------------
+
+    def _post_form(self, effect: PostForm) -> HttpAnswer:
+        try:
+            with self._open().http.stream(
+                "POST", effect.url, data=effect.form, timeout=effect.timeout
+            ) as response:
+                body = bytearray()
+                for chunk in response.iter_bytes():
+                    body += chunk
+                    if len(body) > effect.max_bytes:
+                        break
+                return HttpAnswer(response.status_code, bytes(body))
+        except Exception as exc:
+            raise unreachable(exc) from None
+
+    def _shared(self, effect: Shared[Any]) -> tuple[Any, bool]:
+        return self._open().flights.run(
+            effect.key, lambda: self.drive(effect.flow()), wait=effect.wait
+        )
+
+
+def _hot_cursor(conn: Connection) -> psycopg.Cursor[Row]:
+    """The connection's cursor for the hot path, made once per connection.
+
+    `conn.execute()` builds and discards a cursor per call, which costs about a fifth of
+    a loopback round trip. A pooled connection serves one thread at a time, so its cursor
+    does too; it is closed with the connection.
+    """
+    cursor: psycopg.Cursor[Row] | None = getattr(conn, _HOT_CURSOR, None)
+    if cursor is None or cursor.closed:
+        cursor = conn.cursor()
+        setattr(conn, _HOT_CURSOR, cursor)
+    return cursor
