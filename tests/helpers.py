@@ -181,7 +181,9 @@ def run_scenario(*command: str, timeout: float) -> Any:
 def idle_connections(store: Any) -> list[Any]:
     """The idle connections in a store's own pool (a TokenStore or an AsyncFacade)."""
     pool: Any = (
-        store.store._io._pool if isinstance(store, AsyncFacade) else store._io._resources.pool
+        store.store._io.resources._pool
+        if isinstance(store, AsyncFacade)
+        else store._io.resources._opened.pool
     )
     return [conn for conn, _returned in pool._book._idle]
 

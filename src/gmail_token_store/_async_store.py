@@ -75,13 +75,13 @@ class AsyncTokenStore(StoreBase):
         """Write kept grants if the database answers, then close the store's connections
         and HTTP clients (a pool passed in stays open). Safe to call twice, or at once."""
         async with self._closing:
-            if self._io.closed:
+            if self._io.resources.closed:
                 return
-            if self._core.kept.unsaved_count and self._io.opened:
+            if self._core.kept.unsaved_count and self._io.resources.opened:
                 self._core.kept.flush_now()
                 await self._flush_kept()
             self._report_lost_grants()
-            await self._io.close()
+            await self._io.resources.close()
             if self._cache is not None:
                 self._cache.clear()
 
@@ -92,11 +92,11 @@ class AsyncTokenStore(StoreBase):
         await self.aclose()
 
     def __repr__(self) -> str:
-        return self._describe(self._io.closed)
+        return self._describe(self._io.resources.closed)
 
     def _after_fork_in_child(self) -> None:
         # See `_io.fork`: the parent's connections, HTTP clients and flights stay untouched.
-        self._io.after_fork()
+        self._io.resources.after_fork()
         self._closing = asyncio.Lock()
         self._refresher.after_fork()
         self._forget_parent()
@@ -185,7 +185,7 @@ class AsyncTokenStore(StoreBase):
     # --- driving flows -------------------------------------------------------------------
 
     async def _run(self, flow: Flow[T]) -> T:
-        if self._io.closed:
+        if self._io.resources.closed:
             raise TokenStoreError("this AsyncTokenStore is closed")
         result = await self._io.drive(flow)
         if self._core.kept.unsaved_count:

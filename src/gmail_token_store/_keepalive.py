@@ -37,9 +37,7 @@ class _AsyncStore(Protocol):
 
     async def check_all(self) -> list[TokenStatus]: ...
 
-    async def refresh(
-        self, user_id: str, *, unless_written_since: str | None
-    ) -> RefreshResult: ...
+    async def refresh(self, user_id: str, *, unless_written_since: str | None) -> RefreshResult: ...
 
 
 def refresh_all(

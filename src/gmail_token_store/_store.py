@@ -88,13 +88,13 @@ class TokenStore(StoreBase):
         """Write kept grants if the database answers, then close the store's connections
         and HTTP client (a pool passed in stays open)."""
         with self._closing:
-            if self._io.closed:
+            if self._io.resources.closed:
                 return
-            if self._core.kept.unsaved_count and self._io.opened:
+            if self._core.kept.unsaved_count and self._io.resources.opened:
                 self._core.kept.flush_now()
                 self._flush_kept()
             self._report_lost_grants()
-            self._io.close()
+            self._io.resources.close()
             if self._cache is not None:
                 self._cache.clear()
 
@@ -105,11 +105,11 @@ class TokenStore(StoreBase):
         self.close()
 
     def __repr__(self) -> str:
-        return self._describe(self._io.closed)
+        return self._describe(self._io.resources.closed)
 
     def _after_fork_in_child(self) -> None:
         # See `_io.fork`: the parent's connections, HTTP client and flights stay untouched.
-        self._io.after_fork()
+        self._io.resources.after_fork()
         self._closing = threading.Lock()
         self._forget_parent()
 
@@ -237,7 +237,7 @@ class TokenStore(StoreBase):
     # --- driving flows -------------------------------------------------------------------
 
     def _run(self, flow: Flow[T]) -> T:
-        if self._io.closed:
+        if self._io.resources.closed:
             raise TokenStoreError("this TokenStore is closed")
         result = self._io.drive(flow)
         if self._core.kept.unsaved_count:

@@ -4,22 +4,16 @@ The twin of `sync_shell`, kept line-parallel: psycopg's AsyncConnection for the 
 httpx's AsyncClient for the token endpoint, asyncio for sleeping and single flight. A
 refresh never blocks the event loop and takes no thread.
 
-The pool's connections are not tied to an event loop (psycopg waits on a socket in
-whichever loop drives it); the HTTP client and the single flight are, so each loop the
-store is used from gets its own. After a fork, the child opens everything anew.
+What it has open is per process, and per event loop (`resources`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
-import threading
 import time
-import weakref
 from collections.abc import Callable
 from typing import Any, TypeVar, assert_never
 
-import httpx
 import psycopg
 from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
@@ -44,14 +38,12 @@ from .._core.effects import (
     Shared,
     Sleep,
 )
-from .._core.errors import TokenStoreError
 from .._core.events import EventHook
-from . import fork
 from .conninfo import Conninfo
 from .errors import database_error, expect_user, unreachable
 from .events import announce, logger
-from .flight import AsyncSingleFlight
-from .pool_async import AsyncConnection, AsyncPool, AsyncPoolAdapter
+from .pool_async import AsyncConnection, AsyncPool, AsyncPoolAdapter, hot_cursor
+from .resources import AsyncResources
 from .sql import EXPIRY_COLUMN, READ_ROW, SQL, lock_row, privilege, timestamptz_column
 
 T = TypeVar("T")
@@ -59,22 +51,6 @@ _IDLE = psycopg.pq.TransactionStatus.IDLE
 _ROLLBACK_OK = frozenset(
     {psycopg.pq.TransactionStatus.INTRANS, psycopg.pq.TransactionStatus.INERROR}
 )
-_HOT_CURSOR = "_gmail_token_store_cursor"
-
-
-class _LoopResources:
-    """What the store uses inside one event loop: its HTTP client and single flight.
-
-    The HTTP client keeps no idle connections: a kept-alive socket belongs to the loop that
-    opened it, and a store may outlive a loop (a new asyncio.run, a forked worker).
-    """
-
-    def __init__(self, max_connections: int) -> None:
-        self.http = httpx.AsyncClient(
-            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=0),
-            follow_redirects=False,
-        )
-        self.flights: AsyncSingleFlight[Any] = AsyncSingleFlight()
 
 
 class Transaction:
@@ -108,16 +84,7 @@ class AsyncShell:
         self._prepare: bool | None = False if prepare_threshold is None else None
         self._on_event = on_event
         self._forget = forget
-        self._pool: AsyncPool | AsyncPoolAdapter | None = None
-        self._pid = os.getpid()
-        self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopResources] = (
-            weakref.WeakKeyDictionary()
-        )
-        self._current: (
-            tuple[asyncio.AbstractEventLoop, AsyncPool | AsyncPoolAdapter, _LoopResources] | None
-        ) = None
-        self._lock = threading.Lock()
-        self.closed = False
+        self.resources = AsyncResources(self._new_pool, max_connections)
 
     async def drive(self, flow: Flow[T]) -> T:
         """Perform each effect `flow` yields until it returns (see `_core.effects`)."""
@@ -161,53 +128,6 @@ class AsyncShell:
                 assert_never(effect)
         return result
 
-    @property
-    def opened(self) -> bool:
-        """Has this process opened connections (is there anything to close)?"""
-        return self._pool is not None and self._pid == os.getpid()
-
-    async def close(self) -> None:
-        """Close this process's connections and HTTP clients (a pool passed in stays open)."""
-        self.closed = True
-        self._current = None
-        pool, self._pool = self._pool, None
-        if pool is not None and self._pid == os.getpid():
-            await pool.close()
-        for resources in list(self._loops.values()):
-            await resources.http.aclose()
-        self._loops.clear()
-
-    def after_fork(self) -> None:
-        """In a child: forget the parent's resources without touching them (see `fork`)."""
-        fork.inherit((self._pool, dict(self._loops)))
-        self._pool, self._current, self._pid = None, None, os.getpid()
-        self._loops = weakref.WeakKeyDictionary()
-        self._lock = threading.Lock()
-
-    def _open(self) -> tuple[AsyncPool | AsyncPoolAdapter, _LoopResources]:
-        """The pool, and the HTTP client and single flight of the running loop."""
-        loop = asyncio.get_running_loop()
-        current = self._current
-        if current is not None and current[0] is loop and self._pid == os.getpid():
-            return current[1], current[2]
-        with self._lock:
-            if self.closed:
-                raise TokenStoreError("this AsyncTokenStore is closed")
-            if self._pid != os.getpid():  # forked without Python's at-fork hooks
-                fork.inherit((self._pool, dict(self._loops)))
-                self._pool, self._pid = None, os.getpid()
-                self._loops = weakref.WeakKeyDictionary()
-            pool = self._pool
-            if pool is None:
-                pool = self._pool = self._new_pool()
-            resources = self._loops.get(loop)
-            if resources is None:
-                resources = self._loops[loop] = _LoopResources(self._max_connections)
-            # The loop is referenced weakly everywhere else; this one is dropped with it
-            # when another loop takes its place.
-            self._current = (loop, pool, resources)
-        return pool, resources
-
     def _new_pool(self) -> AsyncPool | AsyncPoolAdapter:
         if isinstance(self._conninfo, AsyncConnectionPool):
             return AsyncPoolAdapter(self._conninfo, connect_timeout=self._connect_timeout)
@@ -229,7 +149,7 @@ class AsyncShell:
             assert conn is not None  # noqa: S101 - LockRow came first
             assert pool is not None  # noqa: S101
         else:
-            pool, _ = self._open()
+            pool = self.resources.get().pool
             conn = await pool.getconn()
             if isinstance(effect, LockRow):
                 tx.conn, tx.pool = conn, pool
@@ -252,7 +172,7 @@ class AsyncShell:
         match effect:
             case ReadRow():
                 sent = time.time()
-                cursor = _hot_cursor(conn)
+                cursor = hot_cursor(conn)
                 await cursor.execute(
                     READ_ROW.text, {"user_id": effect.user_id}, prepare=self._prepare
                 )
@@ -323,11 +243,11 @@ class AsyncShell:
     # --- the token endpoint and the single flight ------------------------------------------
 
     async def _post_form(self, effect: PostForm) -> HttpAnswer:
-        _, resources = self._open()
+        http = self.resources.get().http
         try:
             async with (
                 asyncio.timeout(effect.timeout),
-                resources.http.stream("POST", effect.url, data=effect.form) as response,
+                http.stream("POST", effect.url, data=effect.form) as response,
             ):
                 body = bytearray()
                 async for chunk in response.aiter_bytes():
@@ -339,17 +259,6 @@ class AsyncShell:
             raise unreachable(exc) from None
 
     async def _shared(self, effect: Shared[Any]) -> tuple[Any, bool]:
-        _, resources = self._open()
-        return await resources.flights.run(
+        return await self.resources.get().flights.run(
             effect.key, lambda: self.drive(effect.flow()), wait=effect.wait
         )
-
-
-def _hot_cursor(conn: AsyncConnection) -> psycopg.AsyncCursor[Row]:
-    """The connection's cursor for the hot path, made once per connection (see the
-    `sync_shell` twin: a cursor per call costs a fifth of a loopback round trip)."""
-    cursor: psycopg.AsyncCursor[Row] | None = getattr(conn, _HOT_CURSOR, None)
-    if cursor is None or cursor.closed:
-        cursor = conn.cursor()
-        setattr(conn, _HOT_CURSOR, cursor)
-    return cursor

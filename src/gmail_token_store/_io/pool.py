@@ -29,6 +29,7 @@ from .pool_book import PoolBook
 
 Connection = psycopg.Connection[tuple[Any, ...]]
 _IDLE = psycopg.pq.TransactionStatus.IDLE
+_HOT_CURSOR = "_gmail_token_store_cursor"
 
 
 class Pool:
@@ -119,7 +120,7 @@ class Pool:
         """Close a connection that failed (and the idle ones, if it broke: see PoolBook)."""
         with self._ready:
             closing = self._book.discard(conn, broken=conn.broken or conn.closed)
-            self._ready.notify_all()
+            self._ready.notify(len(closing))  # every slot freed may serve one waiter
         for each in closing:
             _close_quietly(each)
 
@@ -175,3 +176,17 @@ class PoolAdapter:
 
     def close(self) -> None:
         """The service owns the pool: nothing to do."""
+
+
+def hot_cursor(conn: Connection) -> psycopg.Cursor[tuple[Any, ...]]:
+    """The connection's cursor for the hot path, made once per connection.
+
+    `conn.execute()` builds and discards a cursor per call, which costs about a fifth of
+    a loopback round trip. A pooled connection serves one caller at a time, so its cursor
+    does too; it is closed with the connection.
+    """
+    cursor: psycopg.Cursor[tuple[Any, ...]] | None = getattr(conn, _HOT_CURSOR, None)
+    if cursor is None or cursor.closed:
+        cursor = conn.cursor()
+        setattr(conn, _HOT_CURSOR, cursor)
+    return cursor

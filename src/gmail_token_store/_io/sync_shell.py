@@ -6,20 +6,16 @@ it knows how to run a statement on a pooled connection, keep a transaction's con
 from LockRow to its commit, POST a form, and share a refresh between threads. Driver
 errors are mapped, and connections released, in one place (`_database`).
 
-Its connections, HTTP client and single flight belong to the process that opened them: a
-forked child opens its own on first use (see `fork`). `async_shell` is its twin, kept
-line-parallel: a diff of the two shows the awaits and the per-loop resources.
+What it has open is per process (`resources`). `async_shell` is its twin, kept
+line-parallel: a diff of the two shows the awaits.
 """
 
 from __future__ import annotations
 
-import os
-import threading
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar, assert_never
 
-import httpx
 import psycopg
 from psycopg import sql
 from psycopg_pool import ConnectionPool
@@ -44,14 +40,12 @@ from .._core.effects import (
     Shared,
     Sleep,
 )
-from .._core.errors import TokenStoreError
 from .._core.events import EventHook
-from . import fork
 from .conninfo import Conninfo
 from .errors import database_error, expect_user, unreachable
 from .events import announce, logger
-from .flight import SingleFlight
-from .pool import Connection, Pool, PoolAdapter
+from .pool import Connection, Pool, PoolAdapter, hot_cursor
+from .resources import Resources
 from .sql import EXPIRY_COLUMN, READ_ROW, SQL, lock_row, privilege, timestamptz_column
 
 T = TypeVar("T")
@@ -59,17 +53,6 @@ _IDLE = psycopg.pq.TransactionStatus.IDLE
 _ROLLBACK_OK = frozenset(
     {psycopg.pq.TransactionStatus.INTRANS, psycopg.pq.TransactionStatus.INERROR}
 )
-_HOT_CURSOR = "_gmail_token_store_cursor"
-
-
-class _Resources:
-    """What one process of a store has open: never shared with a forked child."""
-
-    def __init__(self, pool: Pool | PoolAdapter, http: httpx.Client) -> None:
-        self.pid = os.getpid()
-        self.pool = pool
-        self.http = http
-        self.flights: SingleFlight[Any] = SingleFlight()
 
 
 class Transaction:
@@ -103,9 +86,7 @@ class SyncShell:
         self._prepare: bool | None = False if prepare_threshold is None else None
         self._on_event = on_event
         self._forget = forget
-        self._resources: _Resources | None = None
-        self._lock = threading.Lock()
-        self.closed = False
+        self.resources = Resources(self._new_pool, max_connections)
 
     def drive(self, flow: Flow[T]) -> T:
         """Perform each effect `flow` yields until it returns (see `_core.effects`)."""
@@ -149,55 +130,15 @@ class SyncShell:
                 assert_never(effect)
         return result
 
-    @property
-    def opened(self) -> bool:
-        """Has this process opened connections (is there anything to close)?"""
-        return self._resources is not None and self._resources.pid == os.getpid()
-
-    def close(self) -> None:
-        """Close this process's connections and HTTP client (a pool passed in stays open)."""
-        self.closed = True
-        resources, self._resources = self._resources, None
-        if resources is not None and resources.pid == os.getpid():
-            resources.pool.close()
-            resources.http.close()
-
-    def after_fork(self) -> None:
-        """In a child: forget the parent's resources without touching them (see `fork`)."""
-        fork.inherit(self._resources)
-        self._resources = None
-        self._lock = threading.Lock()
-
-    def _open(self) -> _Resources:
-        resources = self._resources
-        if resources is not None and resources.pid == os.getpid():
-            return resources
-        with self._lock:
-            if self.closed:
-                raise TokenStoreError("this TokenStore is closed")
-            resources = self._resources
-            if resources is None or resources.pid != os.getpid():
-                # (a pid mismatch here: forked without Python's at-fork hooks)
-                fork.inherit(resources)
-                resources = self._resources = self._new_resources()
-            return resources
-
-    def _new_resources(self) -> _Resources:
-        pool: Pool | PoolAdapter
+    def _new_pool(self) -> Pool | PoolAdapter:
         if isinstance(self._conninfo, ConnectionPool):
-            pool = PoolAdapter(self._conninfo, connect_timeout=self._connect_timeout)
-        else:
-            pool = Pool(
-                self._conninfo,
-                max_size=self._max_connections,
-                connect_timeout=self._connect_timeout,
-                prepare_threshold=self._prepare_threshold,
-            )
-        http = httpx.Client(
-            limits=httpx.Limits(max_connections=self._max_connections),
-            follow_redirects=False,
+            return PoolAdapter(self._conninfo, connect_timeout=self._connect_timeout)
+        return Pool(
+            self._conninfo,
+            max_size=self._max_connections,
+            connect_timeout=self._connect_timeout,
+            prepare_threshold=self._prepare_threshold,
         )
-        return _Resources(pool, http)
 
     # --- the database: every statement, one error mapping, one release ---------------------
 
@@ -210,7 +151,7 @@ class SyncShell:
             assert conn is not None  # noqa: S101 - LockRow came first
             assert pool is not None  # noqa: S101
         else:
-            pool = self._open().pool
+            pool = self.resources.get().pool
             conn = pool.getconn()
             if isinstance(effect, LockRow):
                 tx.conn, tx.pool = conn, pool
@@ -233,7 +174,7 @@ class SyncShell:
         match effect:
             case ReadRow():
                 sent = time.time()
-                cursor = _hot_cursor(conn)
+                cursor = hot_cursor(conn)
                 params = {"user_id": effect.user_id}
                 row = cursor.execute(READ_ROW.text, params, prepare=self._prepare).fetchone()
                 received = time.time()
@@ -301,7 +242,7 @@ class SyncShell:
 
     def _post_form(self, effect: PostForm) -> HttpAnswer:
         try:
-            with self._open().http.stream(
+            with self.resources.get().http.stream(
                 "POST", effect.url, data=effect.form, timeout=effect.timeout
             ) as response:
                 body = bytearray()
@@ -314,20 +255,6 @@ class SyncShell:
             raise unreachable(exc) from None
 
     def _shared(self, effect: Shared[Any]) -> tuple[Any, bool]:
-        return self._open().flights.run(
+        return self.resources.get().flights.run(
             effect.key, lambda: self.drive(effect.flow()), wait=effect.wait
         )
-
-
-def _hot_cursor(conn: Connection) -> psycopg.Cursor[Row]:
-    """The connection's cursor for the hot path, made once per connection.
-
-    `conn.execute()` builds and discards a cursor per call, which costs about a fifth of
-    a loopback round trip. A pooled connection serves one thread at a time, so its cursor
-    does too; it is closed with the connection.
-    """
-    cursor: psycopg.Cursor[Row] | None = getattr(conn, _HOT_CURSOR, None)
-    if cursor is None or cursor.closed:
-        cursor = conn.cursor()
-        setattr(conn, _HOT_CURSOR, cursor)
-    return cursor
