@@ -39,27 +39,25 @@ def _admin(postgres: PostgresServer, statement: str) -> None:
         conn.execute(statement)
 
 
-def _role_dsn(postgres: PostgresServer, role: str, password: str = "") -> str:
+def _role_dsn(postgres: PostgresServer, role: str, password: str = PASSWORD) -> str:
     secret = f":{password}" if password else ""
     return f"postgresql://{role}{secret}@127.0.0.1:{postgres.port}/test"
 
 
 @pytest.fixture(scope="module")
 def roles(postgres: PostgresServer) -> Iterator[None]:
-    """pwuser (password required), reader (SELECT only), nobody (no privilege), idler
-    (the server ends its idle sessions after 300 ms)."""
+    """pwuser, reader (SELECT only), nobody (no privilege), idler (the server ends its idle
+    sessions after 300 ms), all with PASSWORD; and a role that does not exist."""
     hba = postgres.base_dir / "data" / "pg_hba.conf"
     original = hba.read_text()
-    for role, extra in (
-        ("pwuser", f" PASSWORD '{PASSWORD}'"),
-        ("reader", ""),
-        ("nobody", ""),
-        ("idler", ""),
-    ):
+    for role in ("pwuser", "reader", "nobody", "idler"):
         _admin(postgres, f"DROP ROLE IF EXISTS {role}")
-        _admin(postgres, f"CREATE ROLE {role} LOGIN{extra}")
+        _admin(postgres, f"CREATE ROLE {role} LOGIN PASSWORD '{PASSWORD}'")
     _admin(postgres, "ALTER ROLE idler SET idle_session_timeout = '300ms'")
-    hba.write_text("host all pwuser 127.0.0.1/32 scram-sha-256\n" + original)
+    # The server asks every role for a password, and for a role that does not exist it
+    # says only that the password was refused (not to tell which roles exist): trust for
+    # that one name lets it say "does not exist". No one can log in through this line.
+    hba.write_text("host all no_such_role 127.0.0.1/32 trust\n" + original)
     _admin(postgres, "SELECT pg_reload_conf()")
     yield
     hba.write_text(original)
@@ -145,14 +143,14 @@ def test_missing_privilege_is_a_configuration_error_naming_it(
         ("pwuser:wrong-password@", "the password was refused"),
         ("pwuser@", "the server wants a password"),
         ("no_such_role@", "the role (user) does not exist: role 'no_such_role'"),
-        ("postgres@/no_such_db", "the database does not exist: database 'no_such_db'"),
+        ("postgres:{password}@/no_such_db", "the database does not exist: database 'no_such_db'"),
     ],
     ids=["wrong password", "no password", "unknown role", "unknown database"],
 )
 def test_refused_connection_is_a_configuration_error_within_a_second(
     postgres: PostgresServer, make_store: Callable[..., TokenStore], conninfo: str, cause: str
 ) -> None:
-    user, _, database = conninfo.partition("@")
+    user, _, database = conninfo.format(password=postgres.password).partition("@")
     dsn = f"postgresql://{user}@127.0.0.1:{postgres.port}{database or '/test'}"
     store = make_store(conninfo=dsn, connect_timeout=10)
     began = time.monotonic()
@@ -161,6 +159,7 @@ def test_refused_connection_is_a_configuration_error_within_a_second(
     assert time.monotonic() - began < 1.5
     assert cause in str(caught.value)
     assert "wrong-password" not in str(caught.value)
+    assert postgres.password not in str(caught.value)
     assert caught.value.__cause__ is None  # libpq's text is not chained: it may quote the DSN
 
 
@@ -316,7 +315,8 @@ def test_every_command_reports_database_problems_in_one_line(
     elif how == "drop column":
         _admin(postgres, "ALTER TABLE gmail_token DROP COLUMN metadata")
     elif how == "nobody":
-        target = _role_dsn(postgres, "nobody", DSN_PASSWORD)
+        target = _role_dsn(postgres, "nobody")
+        cli.secrets.add(PASSWORD)
     elif how == "pwuser:nope":
         target = _role_dsn(postgres, "pwuser", DSN_PASSWORD)
     elif how == "postgres@/no_such_db":

@@ -21,7 +21,9 @@ from helpers import StatementCounter, herd, run_herd
 
 @pytest.fixture(scope="module")
 def pgbouncer(postgres: PostgresServer) -> Iterator[PgBouncerServer]:
-    with throwaway_pgbouncer(postgres.port, pool_mode="transaction") as bouncer:
+    with throwaway_pgbouncer(
+        postgres.port, pool_mode="transaction", password=postgres.password
+    ) as bouncer:
         yield bouncer
 
 

@@ -3,8 +3,10 @@
 * `FakeTokenEndpoint`: Google's OAuth token endpoint (and its consent redirect), served
   over real HTTP on loopback, scripted per request.
 * `throwaway_postgresql()`: a private PostgreSQL server for one test session (needs the
-  `testing` extra: ``pip install gmail-token-store[testing]``).
-* `throwaway_pgbouncer()`: a PgBouncer in front of it, transaction pooling by default.
+  `testing` extra: ``pip install gmail-token-store[testing]``); it asks every connection
+  for a random password, which its `dsn` carries.
+* `throwaway_pgbouncer()`: a PgBouncer in front of it, transaction pooling by default
+  (give it the server's `password`).
 * `throwaway_replicated_postgresql()`: a primary with a streaming standby (pg_basebackup
   -R) that can be stopped, started and promoted, for failover tests.
 * `FaultProxy`: a TCP proxy that delays, blackholes or resets connections on command.

@@ -3,12 +3,15 @@
 The standby is made with `pg_basebackup -R` (streaming replication, asynchronous, as
 PostgreSQL's default), runs on its own port, and can be stopped, started and promoted
 (`pg_promote()`). `dsn` is the libpq multi-host DSN services use to follow the primary:
-both hosts, `target_session_attrs=read-write`.
+both hosts, `target_session_attrs=read-write`. The standby is a copy of the primary: same
+`postgres` password, asked on every connection (and the primary asks it of the standby's
+replication connection too).
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import signal
 import subprocess
@@ -20,10 +23,12 @@ from pathlib import Path
 import psycopg
 
 from ._servers import (
+    _MASK,
     PostgresServer,
     _Account,
     _find_binary,
     _free_port,
+    _url,
     _wait_for_port,
 )
 
@@ -38,18 +43,30 @@ class StandbyServer:
     """A streaming standby of a PostgresServer: `start_serving`, `stop_serving`, `promote`."""
 
     def __init__(self, primary: PostgresServer) -> None:
-        self._account = _Account()
-        self._postgres = _find_binary("postgres", "postgresql")
+        self._password = primary.password  # a copy: the same superuser, the same password
         self.base_dir = Path(tempfile.mkdtemp(prefix="gmail-token-store-standby-"))
         self.data = self.base_dir / "data"
         self.sockets = self.base_dir / "tmp"
-        for directory in (self.base_dir, self.sockets):
-            directory.mkdir(mode=0o700, exist_ok=True)
-            self._account.own(directory)
-        basebackup = self._account.command(
-            _find_binary("pg_basebackup", "postgresql"), self.base_dir
-        )
-        subprocess.run(
+        try:
+            self._account = _Account(self.base_dir)
+            for directory in (self.data, self.sockets):
+                directory.mkdir(mode=0o700)
+                self._account.own(directory)
+            self._postgres = self._account.command(_find_binary("postgres", "postgresql"))
+            self._base_backup(primary.port)
+        except BaseException:
+            shutil.rmtree(self.base_dir, ignore_errors=True)
+            raise
+        self.port = _free_port()
+        self._log = self.base_dir / "standby.log"
+        self._account.private_file(self._log, readable=False)
+        self._process: subprocess.Popen[bytes] | None = None
+        self.start_serving()
+
+    def _base_backup(self, primary_port: int) -> None:
+        """Copy the primary into `data` as a streaming standby of it."""
+        basebackup = self._account.command(_find_binary("pg_basebackup", "postgresql"))
+        result = subprocess.run(
             [
                 basebackup,
                 "-D",
@@ -61,29 +78,34 @@ class StandbyServer:
                 "-h",
                 "127.0.0.1",
                 "-p",
-                str(primary.port),
+                str(primary_port),
                 "-U",
                 "postgres",
+                "-w",  # never prompt
             ],
-            check=True,
+            # In the environment, not on the command line other accounts can read: -R
+            # writes it into primary_conninfo (postgresql.auto.conf, the server's own).
+            env={**os.environ, "PGPASSWORD": self._password},
             capture_output=True,
             timeout=120,
+            check=False,
         )
-        self.port = _free_port()
-        self._log = self.base_dir / "standby.log"
-        self._process: subprocess.Popen[bytes] | None = None
-        self.start_serving()
+        if result.returncode != 0:
+            raise RuntimeError(f"pg_basebackup failed:\n{result.stderr.decode(errors='replace')}")
 
     @property
     def dsn(self) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/test"
+        return _url(self.port, self._password)
+
+    def __repr__(self) -> str:
+        return f"<StandbyServer {_url(self.port, _MASK)}>"
 
     def start_serving(self) -> None:
         """Start the server (as a standby, unless it was promoted); returns once it accepts."""
         with self._log.open("ab") as log:
             self._process = subprocess.Popen(
                 [
-                    self._account.command(self._postgres, self.base_dir),
+                    self._postgres,
                     "-D",
                     str(self.data),
                     "-p",
@@ -146,10 +168,16 @@ class ReplicatedPostgres:
     @property
     def dsn(self) -> str:
         """Both servers, for whichever accepts writes: what a service configures."""
+        return self._dsn(self.primary.password)
+
+    def _dsn(self, password: str) -> str:
         return (
-            f"postgresql://postgres@127.0.0.1:{self.primary.port},127.0.0.1:{self.standby.port}"
-            "/test?target_session_attrs=read-write"
+            f"postgresql://postgres:{password}@127.0.0.1:{self.primary.port},"
+            f"127.0.0.1:{self.standby.port}/test?target_session_attrs=read-write"
         )
+
+    def __repr__(self) -> str:
+        return f"<ReplicatedPostgres {self._dsn(_MASK)}>"
 
     def wait_for_replay(self, timeout: float = 30.0) -> None:
         """Return once the standby has replayed everything the primary has written."""

@@ -6,7 +6,8 @@ Enable them in the service's conftest.py::
 
 * `gmail_token_postgres`: a throwaway PostgreSQL, one per test session (the machine needs
   the PostgreSQL server binaries: Debian's `postgresql` package);
-* `gmail_token_dsn`: its DSN, with a fresh, empty `gmail_token` table for each test;
+* `gmail_token_dsn`: its DSN (with the server's random password), with a fresh, empty
+  `gmail_token` table for each test;
 * `fake_token_endpoint`: Google's token endpoint, faked over real HTTP on loopback;
 * `make_grant(expires_in=..., scopes=..., email=..., ...)`: inserts a user's grant (its
   refresh goes to the fake endpoint) and returns the user id;
