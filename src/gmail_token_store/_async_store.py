@@ -66,7 +66,15 @@ class AsyncTokenStore(StoreBase):
 
     @classmethod
     def from_env(cls, dsn: str | None = None, **options: Unpack[StoreOptions]) -> AsyncTokenStore:
-        """As `TokenStore.from_env`."""
+        """Build a store from the environment; `dsn` and keyword options override it.
+
+        The DSN comes from `GMAIL_TOKEN_STORE_DSN`, else `DATABASE_URL` (an empty variable
+        counts as unset); the fallback OAuth client from `GOOGLE_CLIENT_ID` /
+        `GOOGLE_CLIENT_SECRET`.
+
+        Raises:
+            ConfigurationError: neither variable names a database.
+        """
         return cls(dsn_from_env(dsn), **options_from_env(options))
 
     # --- lifecycle ---------------------------------------------------------------------
@@ -101,12 +109,26 @@ class AsyncTokenStore(StoreBase):
         self._refresher.after_fork()
         self._forget_parent()
 
-    # --- public operations (see TokenStore for the documentation) -------------------------
+    # --- public operations ---------------------------------------------------------------
 
     async def get_credentials(
         self, user_id: str | uuid.UUID, *, scopes: Sequence[str] | None = None
     ) -> Credentials:
-        """As `TokenStore.get_credentials`; never blocks the event loop."""
+        """Return valid Credentials for the user, refreshing them first when they are due.
+
+        The token has at least `refresh_margin` seconds left when the endpoint grants
+        that much; inside the advisory window it may be the current, still-valid token
+        while another caller refreshes. Never blocks the event loop.
+
+        Args:
+            user_id: the user's UUID (str or uuid.UUID).
+            scopes: scopes the caller needs, e.g. [GMAIL_SEND].
+
+        Raises:
+            InvalidUserIdError, TokenNotFoundError, InvalidTokenRecordError,
+            ReauthRequiredError, InsufficientScopesError, OAuthClientError,
+            RefreshFailedError, DatabaseUnavailableError, ConfigurationError.
+        """
         if isinstance(scopes, str):
             raise ValueError("scopes must be a list of scope URLs, not a single string")
         cache = self._cache
@@ -128,7 +150,16 @@ class AsyncTokenStore(StoreBase):
         force: bool = False,
         unless_written_since: str | None = None,
     ) -> RefreshResult:
-        """As `TokenStore.refresh`."""
+        """Refresh the user's token if it is due (or always, with `force`).
+
+        Unlike `get_credentials`, a failed refresh raises even while the old token is
+        still valid: the caller asked for a refresh. With `unless_written_since` (a
+        `TokenStatus.version` from `check`/`check_all`) the row is refreshed only if
+        nobody wrote it since (or it is due anyway): the keepalive's compare-and-set.
+
+        Returns:
+            status "valid" (nothing was needed) or "refreshed".
+        """
         uid = parse_user_id(user_id)
         seen, record = await self._run(
             flows.refresh(self._core, uid, force=force, unless_written_since=unless_written_since)
@@ -136,11 +167,16 @@ class AsyncTokenStore(StoreBase):
         return refresh_result(self._core, seen, record, self._remember(record), time.time())
 
     async def check(self, user_id: str | uuid.UUID) -> TokenStatus:
-        """As `TokenStore.check`."""
+        """Report the health of the user's grant; never raises for a row that exists.
+
+        Raises:
+            InvalidUserIdError, DatabaseUnavailableError, ConfigurationError.
+        """
         return await self._run(flows.check(self._core, parse_user_id(user_id)))
 
     async def check_all(self) -> list[TokenStatus]:
-        """As `TokenStore.check_all`."""
+        """Report the health of every grant in the table, oldest row first; each carries
+        the row's `version` for `refresh(..., unless_written_since=...)`."""
         return await self._run(flows.check_all(self._core))
 
     async def refresh_all(
@@ -151,7 +187,12 @@ class AsyncTokenStore(StoreBase):
         concurrency: int = 4,
         progress: Progress | None = None,
     ) -> KeepaliveReport:
-        """As `TokenStore.refresh_all`, with `concurrency` refreshes in flight at once."""
+        """The keepalive: refresh every grant expiring within `within` seconds (default:
+        the refresh margin) or not refreshed for `idle_days`, `concurrency` in flight at once.
+
+        Each row goes through `refresh(..., unless_written_since=...)`, so a row somebody
+        refreshed since the listing is not refreshed again. `progress` is called with the
+        report so far every few seconds."""
         return await refresh_all_async(
             self,
             within=self.refresh_margin if within is None else within,
@@ -169,7 +210,14 @@ class AsyncTokenStore(StoreBase):
         robeing_id: str | None = None,
         metadata: dict[str, Any] | None = None,
     ) -> None:
-        """As `TokenStore.save`."""
+        """Insert or replace the user's grant (after a consent or an import).
+
+        Keeps every other metadata key and column, clears any recorded refresh failure.
+
+        Raises:
+            InvalidUserIdError; ValueError for credentials without any token or bad
+            metadata; InvalidTokenRecordError when the credentials' token_uri is refused.
+        """
         uid = parse_user_id(user_id)
         grant = new_grant(credentials, robeing_id, metadata)
         await self._run(
@@ -179,7 +227,7 @@ class AsyncTokenStore(StoreBase):
         )
 
     async def create_table(self) -> bool:
-        """As `TokenStore.create_table`."""
+        """Create gmail_token if it does not exist (never alters it); True if created."""
         return await self._run(flows.create_table())
 
     # --- driving flows -------------------------------------------------------------------
