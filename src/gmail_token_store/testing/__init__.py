@@ -1,7 +1,8 @@
 """Test helpers for gmail_token_store and for the services that use it.
 
-* `FakeTokenEndpoint`: Google's OAuth token endpoint (and its consent redirect), served
-  over real HTTP on loopback, scripted per request.
+* `FakeTokenEndpoint`: a fake Google over real HTTP on loopback: the OAuth token endpoint,
+  scripted per request; accounts (`FakeAccount`) and a consent page; a revocation endpoint;
+  ID tokens signed with its own keys, published as a JWKS.
 * `throwaway_postgresql()`: a private PostgreSQL server for one test session (needs the
   `testing` extra: ``pip install gmail-token-store[testing]``).
 * `throwaway_pgbouncer()`: a PgBouncer in front of it, transaction pooling by default.
@@ -16,14 +17,17 @@
 
 from __future__ import annotations
 
-from ._endpoint import FakeTokenEndpoint, Reply, TokenRequest
+from ._accounts import FakeAccount
+from ._endpoint import FakeTokenEndpoint
 from ._grants import InsertedGrant, insert_grant
 from ._herd import HerdCall, run_herd
 from ._proxy import FaultProxy
 from ._replication import ReplicatedPostgres, StandbyServer, throwaway_replicated_postgresql
+from ._replies import Reply, TokenRequest
 from ._servers import PgBouncerServer, PostgresServer, throwaway_pgbouncer, throwaway_postgresql
 
 __all__ = [
+    "FakeAccount",
     "FakeTokenEndpoint",
     "FaultProxy",
     "HerdCall",
