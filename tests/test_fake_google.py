@@ -1,6 +1,6 @@
 """The fake Google in gmail_token_store.testing, over real HTTP: consent page, codes, ID tokens,
-refresh-token limit, revocation. Signatures are checked here with cryptography against the
-JWKS the fake serves, as a consumer's verifier would."""
+refresh-token limit, revocation, and the RISC issuer. Signatures are checked here with
+cryptography against the JWKS the fake serves, as a consumer's verifier would."""
 
 from __future__ import annotations
 
@@ -24,6 +24,9 @@ from gmail_token_store.testing import (
     FakeAccount,
     FakeTokenEndpoint,
     Reply,
+    RiscEvent,
+    iss_sub,
+    oauth_token,
 )
 
 CLIENT = "web-client.apps.googleusercontent.com"
@@ -444,3 +447,120 @@ def test_the_revocation_endpoint_revokes_a_row_s_refresh_token_and_refuses_unkno
     unknown = revoke(endpoint, "ya29.never-issued")
     assert unknown.status_code == 400 and unknown.json()["error"] == "invalid_token"
     assert requests.post(endpoint.revoke_uri, data={}, timeout=10).status_code == 400
+
+
+# --- the RISC issuer -------------------------------------------------------------------------
+
+
+def test_the_risc_configuration_names_the_issuer_and_the_served_jwks(
+    endpoint: FakeTokenEndpoint,
+) -> None:
+    config = requests.get(endpoint.risc_config_url, timeout=10).json()
+    assert config["issuer"] == "https://accounts.google.com/"
+    assert config["jwks_uri"] == endpoint.jwks_uri
+    assert config["delivery_methods_supported"] == [
+        "https://schemas.openid.net/secevent/risc/delivery-method/push"
+    ]
+    with FakeTokenEndpoint(risc_issuer="https://issuer.test/") as other:
+        assert (
+            requests.get(other.risc_config_url, timeout=10).json()["issuer"]
+            == "https://issuer.test/"
+        )
+        _, claims = verified(
+            other.security_event(RiscEvent.SESSIONS_REVOKED, None, audience=CLIENT), other.jwks_uri
+        )
+        assert claims["iss"] == "https://issuer.test/"
+
+
+@pytest.mark.parametrize("event_type", list(RiscEvent))
+def test_security_event_tokens_verify_against_the_served_jwks(
+    endpoint: FakeTokenEndpoint, event_type: RiscEvent
+) -> None:
+    account = endpoint.accounts[0]
+    token = endpoint.security_event(
+        event_type, iss_sub(account), audience=CLIENT, extra={"reason": "hijacking"}
+    )
+    header, claims = verified(token, endpoint.jwks_uri)
+    assert header == {"alg": "RS256", "kid": header["kid"]}
+    assert claims["iss"] == "https://accounts.google.com/" and claims["aud"] == CLIENT
+    assert len(claims["jti"]) == 32 and isinstance(claims["iat"], int) and "exp" not in claims
+    assert claims["events"] == {
+        event_type.value: {
+            "subject": {
+                "subject_type": "iss-sub",
+                "iss": "https://accounts.google.com/",
+                "sub": account.sub,
+            },
+            "reason": "hijacking",
+        }
+    }
+
+
+def test_a_verification_event_has_a_state_and_no_subject(endpoint: FakeTokenEndpoint) -> None:
+    token = endpoint.security_event(
+        RiscEvent.VERIFICATION,
+        None,
+        audience=CLIENT,
+        jti="j-1",
+        iat=1508184845,
+        extra={"state": "s"},
+    )
+    _, claims = verified(token, endpoint.jwks_uri)
+    assert claims["jti"] == "j-1" and claims["iat"] == 1508184845
+    assert claims["events"] == {RiscEvent.VERIFICATION.value: {"state": "s"}}
+
+
+def test_forged_security_event_tokens_do_not_verify(endpoint: FakeTokenEndpoint) -> None:
+    subject = iss_sub(endpoint.accounts[0])
+    genuine = endpoint.security_event(RiscEvent.ACCOUNT_DISABLED, subject, audience=CLIENT)
+    published_kid = json.loads(b64url_decode(genuine.split(".")[0]))["kid"]
+
+    foreign = endpoint.security_event(
+        RiscEvent.ACCOUNT_DISABLED, subject, audience=CLIENT, sign_with="foreign"
+    )
+    with pytest.raises(LookupError):
+        verified(foreign, endpoint.jwks_uri)
+    posing = endpoint.security_event(
+        RiscEvent.ACCOUNT_DISABLED, subject, audience=CLIENT, sign_with="foreign", kid=published_kid
+    )
+    with pytest.raises(InvalidSignature):
+        verified(posing, endpoint.jwks_uri)
+    unsigned = endpoint.security_event(
+        RiscEvent.ACCOUNT_DISABLED, subject, audience=CLIENT, sign_with="none"
+    )
+    assert (
+        unsigned.endswith(".")
+        and json.loads(b64url_decode(unsigned.split(".")[0]))["alg"] == "none"
+    )
+    with pytest.raises(InvalidSignature):
+        verified(unsigned, endpoint.jwks_uri)
+
+
+def test_a_rotated_signing_key_signs_and_the_old_one_stays_published(
+    endpoint: FakeTokenEndpoint,
+) -> None:
+    before = endpoint.security_event(RiscEvent.SESSIONS_REVOKED, None, audience=CLIENT)
+    kid = endpoint.rotate_signing_key()
+    after = endpoint.security_event(RiscEvent.SESSIONS_REVOKED, None, audience=CLIENT)
+    assert verified(after, endpoint.jwks_uri)[0]["kid"] == kid
+    assert verified(before, endpoint.jwks_uri)[0]["kid"] != kid
+
+
+def test_oauth_token_subjects_name_a_refresh_token_as_google_does() -> None:
+    token = "1//0example-refresh-token"
+    assert oauth_token(token, "prefix") == {
+        "subject_type": "oauth_token",
+        "token_type": "refresh_token",
+        "token_identifier_alg": "prefix",
+        "token": "1//0example-refr",
+    }
+    # base64(SHA-512(SHA-512(token))), as computed by
+    # printf %s "$token" | openssl dgst -sha512 -binary | openssl dgst -sha512 -binary | base64
+    assert oauth_token(token, "hash_base64_sha512_sha512")["token"] == (
+        "hwD7kjMGQmxijW2wBkIK2TTkFdVdotgj269tNXceYXVkoMew13R3Murkuf4qAUm+OIWPs/9EDsCmiv4IClyNPA=="
+    )
+    assert iss_sub("1234") == {
+        "subject_type": "iss-sub",
+        "iss": "https://accounts.google.com/",
+        "sub": "1234",
+    }

@@ -2,7 +2,8 @@
 
 * `FakeTokenEndpoint`: a fake Google over real HTTP on loopback: the OAuth token endpoint,
   scripted per request; accounts (`FakeAccount`) and a consent page; a revocation endpoint;
-  ID tokens signed with its own keys, published as a JWKS.
+  ID tokens and RISC security event tokens (`RiscEvent`, `iss_sub()`, `oauth_token()`)
+  signed with its own keys, published as a JWKS.
 * `throwaway_postgresql()`: a private PostgreSQL server for one test session (needs the
   `testing` extra: ``pip install gmail-token-store[testing]``).
 * `throwaway_pgbouncer()`: a PgBouncer in front of it, transaction pooling by default.
@@ -24,6 +25,7 @@ from ._herd import HerdCall, run_herd
 from ._proxy import FaultProxy
 from ._replication import ReplicatedPostgres, StandbyServer, throwaway_replicated_postgresql
 from ._replies import Reply, TokenRequest
+from ._risc_issuer import RiscEvent, iss_sub, oauth_token
 from ._servers import PgBouncerServer, PostgresServer, throwaway_pgbouncer, throwaway_postgresql
 
 __all__ = [
@@ -36,9 +38,12 @@ __all__ = [
     "PostgresServer",
     "ReplicatedPostgres",
     "Reply",
+    "RiscEvent",
     "StandbyServer",
     "TokenRequest",
     "insert_grant",
+    "iss_sub",
+    "oauth_token",
     "run_herd",
     "throwaway_pgbouncer",
     "throwaway_postgresql",

@@ -4,7 +4,7 @@ The token endpoint records every request and answers what a test scripts: succes
 `invalid_grant`, client errors, 5xx, 429, a non-JSON 502, slowly, or not at all; it can rotate
 refresh tokens and revoke the one each rotation replaced. The rest of Google a consent flow
 and a RISC receiver talk to is in `_consent_page` (the consent page), `_accounts` (accounts,
-codes, tokens, revocation) and `_jwt` (keys, JWKS, ID tokens).
+codes, tokens, revocation), `_jwt` (keys, JWKS, ID tokens) and `_risc_issuer`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import secrets
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import parse_qs
@@ -29,6 +29,7 @@ from ._consent_page import ConsentError, ConsentPage, drive_consent, error_page
 from ._http import Answer, Request, Server
 from ._jwt import KeySet, id_token
 from ._replies import Reply, TokenRequest, error_answer
+from ._risc_issuer import GOOGLE_RISC_ISSUER, RiscEvent, risc_configuration, security_event_claims
 
 
 class FakeTokenEndpoint:
@@ -51,6 +52,7 @@ class FakeTokenEndpoint:
         accounts: the Google accounts on the consent page (default: one, user@gmail.com).
         refresh_token_limit: live refresh tokens per account and client; one more revokes
             the oldest (Google's limit is 100).
+        risc_issuer: the `issuer` of the RISC discovery document and `iss` of its tokens.
 
     `on_request`, if set, is called with the refresh token of each refresh request before
     it is answered (in the server's thread): a test can stop a database at that moment.
@@ -67,6 +69,7 @@ class FakeTokenEndpoint:
         max_hang: float = 60.0,
         accounts: Sequence[FakeAccount] | None = None,
         refresh_token_limit: int = 100,
+        risc_issuer: str = GOOGLE_RISC_ISSUER,
     ) -> None:
         self.expires_in = expires_in
         self.latency = latency
@@ -76,6 +79,7 @@ class FakeTokenEndpoint:
         self.granted_scopes = list(granted_scopes) if granted_scopes is not None else None
         self.default = Reply.OK
         self.max_hang = max_hang
+        self.risc_issuer = risc_issuer
         if accounts is None:
             accounts = [FakeAccount("user@gmail.com", new_sub())]
         self._ledger = Ledger(accounts, refresh_token_limit=refresh_token_limit)
@@ -92,6 +96,9 @@ class FakeTokenEndpoint:
             ("POST", "/auth"): lambda request: Answer.redirect(self._consent.decide(request.body)),
             ("POST", "/revoke"): self._revocation,
             ("GET", "/oauth2/v3/certs"): lambda _: Answer.json(200, self._keys.jwks()),
+            ("GET", "/.well-known/risc-configuration"): (
+                lambda _: Answer.json(200, self._risc_configuration())
+            ),
         }
         self._server = Server(self)
 
@@ -115,8 +122,13 @@ class FakeTokenEndpoint:
 
     @property
     def jwks_uri(self) -> str:
-        """The public keys of ID tokens (Google's path)."""
+        """The public keys of ID tokens and security event tokens (Google's path)."""
         return f"{self.base_url}/oauth2/v3/certs"
+
+    @property
+    def risc_config_url(self) -> str:
+        """The RISC discovery document, naming `risc_issuer` and `jwks_uri`."""
+        return f"{self.base_url}/.well-known/risc-configuration"
 
     @property
     def requests(self) -> list[TokenRequest]:
@@ -190,6 +202,45 @@ class FakeTokenEndpoint:
         email = account.email if isinstance(account, FakeAccount) else account
         return drive_consent(authorization_url, account=email, scopes=scopes, decision=decision)
 
+    def security_event(
+        self,
+        event_type: RiscEvent | str,
+        subject: Mapping[str, Any] | None,
+        *,
+        audience: str,
+        jti: str | None = None,
+        iat: int | None = None,
+        extra: Mapping[str, Any] | None = None,
+        sign_with: Literal["issuer", "foreign", "none"] = "issuer",
+        kid: str | None = None,
+    ) -> str:
+        """A security event token as Google pushes it: RS256, `kid` header, no `exp`.
+
+        Args:
+            subject: `iss_sub(account)`, `oauth_token(token, alg)`, any dict, or None (a
+                verification event has none).
+            audience: the receiver's OAuth client id.
+            extra: more members of the event (`reason`, `state`).
+            sign_with: "foreign" signs with a key that is not in the JWKS, "none" sends an
+                unsigned token (`alg: none`): forgeries a receiver must refuse.
+            kid: the header's key id instead of the signing key's (with "foreign": a
+                forgery naming the published key).
+        """
+        claims = security_event_claims(
+            event_type,
+            subject,
+            issuer=self.risc_issuer,
+            audience=audience,
+            jti=jti,
+            iat=iat,
+            extra=extra,
+        )
+        return self._keys.sign(claims, sign_with=sign_with, kid=kid)
+
+    def rotate_signing_key(self) -> str:
+        """Sign from now on with a new key, published next to the old ones; return its kid."""
+        return self._keys.rotate()
+
     def close(self) -> None:
         self._release.set()
         self._server.close()
@@ -214,6 +265,11 @@ class FakeTokenEndpoint:
             return route(request)
         except ConsentError as exc:
             return Answer.page(400, error_page(str(exc)))
+
+    def _risc_configuration(self) -> dict[str, Any]:
+        return risc_configuration(
+            issuer=self.risc_issuer, jwks_uri=self.jwks_uri, base_url=self.base_url
+        )
 
     def _revocation(self, request: Request) -> Answer:
         # Google takes the token in the body or in the query string.

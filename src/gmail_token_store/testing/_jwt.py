@@ -1,6 +1,6 @@
 """The fake Google's signing keys: RSA keys, their JWKS, RS256 JWTs and ID tokens.
 
-Google signs ID tokens with the keys it publishes at a JWKS
+Google signs ID tokens and RISC security event tokens with the keys it publishes at one JWKS
 (https://www.googleapis.com/oauth2/v3/certs); the fake does the same with keys of its own, so
 a consumer's verification code runs unchanged against it. Keys are made on first use: an RSA
 key costs ~70 ms, and most tests of a suite never need one.
@@ -15,7 +15,7 @@ import secrets
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
@@ -82,11 +82,19 @@ def sign_jwt(
 
 
 class KeySet:
-    """The fake's published keys; the newest signs."""
+    """The fake's published keys (the newest signs), and one never published, for forgeries."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._published = [SigningKey()]
+        self._foreign = SigningKey()
+
+    def rotate(self) -> str:
+        """Sign with a new key from now on; the old ones stay published. Returns its kid."""
+        key = SigningKey()
+        with self._lock:
+            self._published.append(key)
+        return key.kid
 
     def jwks(self) -> dict[str, Any]:
         """The JSON Web Key Set document: every published key."""
@@ -94,14 +102,23 @@ class KeySet:
             keys = list(self._published)
         return {"keys": [key.public_jwk() for key in keys]}
 
-    def sign(self, claims: Mapping[str, Any], *, typ: str | None = None) -> str:
-        """An RS256 JWT of these claims, signed by the current key (its `kid` in the header)."""
+    def sign(
+        self,
+        claims: Mapping[str, Any],
+        *,
+        typ: str | None = None,
+        sign_with: Literal["issuer", "foreign", "none"] = "issuer",
+        kid: str | None = None,
+    ) -> str:
+        """A JWT of these claims, signed by the current key, or forged as `sign_with` says:
+        "foreign" signs with the unpublished key, "none" sends `alg: none` and no signature.
+        `kid` puts another key id in the header."""
         with self._lock:
-            key = self._published[-1]
-        header = {"alg": "RS256", "kid": key.kid}
+            key = self._foreign if sign_with == "foreign" else self._published[-1]
+        header = {"alg": "none" if sign_with == "none" else "RS256", "kid": kid or key.kid}
         if typ is not None:
             header["typ"] = typ
-        return sign_jwt(header, claims, key.private_key)
+        return sign_jwt(header, claims, None if sign_with == "none" else key.private_key)
 
 
 def id_token(
