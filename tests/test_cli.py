@@ -481,8 +481,11 @@ def test_authorize_runs_the_consent_flow_with_the_test_as_the_browser(
         assert url.startswith(endpoint.auth_uri), url
         assert "gmail.send" in url and "access_type=offline" in url and "prompt=consent" in url
 
-        # Act as the browser: the consent page redirects to the command's loopback server.
-        page = requests.get(url, timeout=30)
+        # Act as the browser: choose the account on the consent page, then follow its
+        # redirect to the command's loopback server.
+        account = endpoint.add_account("passport@gmail.com")
+        location = endpoint.consent(url, account=account)
+        page = requests.get(location, timeout=30)
         assert page.status_code == 200 and "granted" in page.text
         out, err = process.communicate(timeout=60)
         cli.outputs += [out, err]
@@ -494,6 +497,7 @@ def test_authorize_runs_the_consent_flow_with_the_test_as_the_browser(
     assert f"authorized user {user_id} (passport@gmail.com)" in out
     [exchange] = endpoint.requests
     assert exchange.grant_type == "authorization_code" and exchange.client_secret == CLIENT_SECRET
+    assert exchange.account == account and exchange.code_verifier  # the command sends PKCE
     with psycopg.connect(dsn) as conn:
         row = conn.execute(
             "SELECT token_data, scopes, metadata, oauth_config FROM gmail_token WHERE user_id = %s",

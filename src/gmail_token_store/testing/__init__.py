@@ -1,7 +1,9 @@
 """Test helpers for gmail_token_store and for the services that use it.
 
-* `FakeTokenEndpoint`: Google's OAuth token endpoint (and its consent redirect), served
-  over real HTTP on loopback, scripted per request.
+* `FakeTokenEndpoint`: a fake Google over real HTTP on loopback: the OAuth token endpoint,
+  scripted per request; accounts (`FakeAccount`) and a consent page; a revocation endpoint;
+  ID tokens and RISC security event tokens (`RiscEvent`, `iss_sub()`, `oauth_token()`)
+  signed with its own keys, published as a JWKS.
 * `throwaway_postgresql()`: a private PostgreSQL server for one test session (needs the
   `testing` extra: ``pip install gmail-token-store[testing]``); it asks every connection
   for a random password, which its `dsn` carries.
@@ -18,14 +20,18 @@
 
 from __future__ import annotations
 
-from ._endpoint import FakeTokenEndpoint, Reply, TokenRequest
+from ._accounts import FakeAccount
+from ._endpoint import FakeTokenEndpoint
 from ._grants import InsertedGrant, insert_grant
 from ._herd import HerdCall, run_herd
 from ._proxy import FaultProxy
 from ._replication import ReplicatedPostgres, StandbyServer, throwaway_replicated_postgresql
+from ._replies import Reply, TokenRequest
+from ._risc_issuer import RiscEvent, iss_sub, oauth_token
 from ._servers import PgBouncerServer, PostgresServer, throwaway_pgbouncer, throwaway_postgresql
 
 __all__ = [
+    "FakeAccount",
     "FakeTokenEndpoint",
     "FaultProxy",
     "HerdCall",
@@ -34,9 +40,12 @@ __all__ = [
     "PostgresServer",
     "ReplicatedPostgres",
     "Reply",
+    "RiscEvent",
     "StandbyServer",
     "TokenRequest",
     "insert_grant",
+    "iss_sub",
+    "oauth_token",
     "run_herd",
     "throwaway_pgbouncer",
     "throwaway_postgresql",

@@ -1,83 +1,58 @@
-"""A fake of Google's OAuth token endpoint (and its consent redirect), over real HTTP.
+"""A fake Google for tests, over real HTTP: the token endpoint, and this module's routes.
 
-It records every request and answers what a test scripts: success, `invalid_grant`, client
-errors, 5xx, 429, a non-JSON 502, slowly, or not at all; it can rotate refresh tokens and
-revoke the one each rotation replaced, like an endpoint with refresh-token rotation.
+The token endpoint records every request and answers what a test scripts: success,
+`invalid_grant`, client errors, 5xx, 429, a non-JSON 502, slowly, or not at all; it can rotate
+refresh tokens and revoke the one each rotation replaced. The rest of Google a consent flow
+and a RISC receiver talk to is in `_consent_page` (the consent page), `_accounts` (accounts,
+codes, tokens, revocation), `_jwt` (keys, JWKS, ID tokens) and `_risc_issuer`.
 """
 
 from __future__ import annotations
 
-import base64
-import contextlib
-import enum
-import json
 import secrets
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
-from urllib.parse import parse_qs, unquote_plus, urlencode, urlsplit
+from typing import Any, Literal
+from urllib.parse import parse_qs
 
-
-class Reply(enum.Enum):
-    """What the fake endpoint answers to one token request."""
-
-    OK = "ok"
-    INVALID_GRANT = "invalid_grant"  # 400: revoked / expired refresh token
-    INVALID_CLIENT = "invalid_client"  # 401
-    UNAUTHORIZED_CLIENT = "unauthorized_client"  # 400
-    DELETED_CLIENT = "deleted_client"  # 401
-    SERVER_ERROR = "server_error"  # 500, JSON body
-    UNAVAILABLE = "temporarily_unavailable"  # 503, JSON body
-    RATE_LIMITED = "rate_limited"  # 429, JSON body
-    BAD_GATEWAY_HTML = "bad_gateway_html"  # 502, an HTML page: what a proxy says in an outage
-    HANG = "hang"  # accepts the request and never answers (until release() or close())
-
-
-_ERROR_ANSWERS: dict[Reply, tuple[int, str]] = {
-    Reply.INVALID_GRANT: (400, "Token has been expired or revoked."),
-    Reply.INVALID_CLIENT: (401, "The OAuth client was not found."),
-    Reply.UNAUTHORIZED_CLIENT: (400, "Unauthorized"),
-    Reply.DELETED_CLIENT: (401, "The OAuth client was deleted."),
-    Reply.SERVER_ERROR: (500, "Internal error"),
-    Reply.UNAVAILABLE: (503, "The service is currently unavailable."),
-    Reply.RATE_LIMITED: (429, "Rate limit exceeded"),
-}
-
-
-@dataclass(frozen=True, slots=True)
-class TokenRequest:
-    """One request the fake endpoint received, and what it answered."""
-
-    grant_type: str
-    client_id: str | None
-    refresh_token: str | None = field(repr=False)
-    client_secret: str | None = field(repr=False)
-    code: str | None
-    reply: Reply
-    received_at: float
-    issued_access_token: str | None = field(default=None, repr=False)
-    #: The rotated refresh token sent back, when rotation is on.
-    issued_refresh_token: str | None = field(default=None, repr=False)
+from ._accounts import (
+    OPENID,
+    FakeAccount,
+    InvalidGrantError,
+    Ledger,
+    new_refresh_token,
+    new_sub,
+)
+from ._consent_page import ConsentError, ConsentPage, drive_consent, error_page
+from ._http import Answer, Request, Server
+from ._jwt import KeySet, id_token
+from ._replies import Reply, TokenRequest, error_answer
+from ._risc_issuer import GOOGLE_RISC_ISSUER, RiscEvent, risc_configuration, security_event_claims
 
 
 class FakeTokenEndpoint:
-    """Google's token endpoint on http://127.0.0.1:<port>/token, for tests and demos.
+    """Google's token endpoint on http://127.0.0.1:<port>/token, and the rest of a fake Google.
 
-    Answers, in order of precedence: replies queued with `script()`, `invalid_grant` for a
-    refresh token passed to `revoke()`, then `default` (Reply.OK unless changed). Each
-    answer waits `latency` seconds first. Use as a context manager, or call `close()`.
+    Token requests are answered, in order of precedence: replies queued with `script()`,
+    `invalid_grant` for a revoked refresh token (`revoke()`, the revocation endpoint, the
+    refresh-token limit), then `default` (Reply.OK unless changed). Each answer waits
+    `latency` seconds first. Use as a context manager, or call `close()`.
 
     Args:
         expires_in: lifetime in seconds of the access tokens it issues.
-        latency: seconds to wait before each answer.
+        latency: seconds to wait before each token answer.
         rotate_refresh_tokens: send a new refresh token with every refresh.
         revoke_rotated: with rotation, answer `invalid_grant` to the refresh token each
             rotation replaced (an endpoint that allows one live refresh token per grant).
-        granted_scopes: the `scope` to put in refresh answers (None: leave it out).
+        granted_scopes: the `scope` to put in refresh answers (None: the scopes of a refresh
+            token the fake issued, and none for any other).
         max_hang: seconds a HANG reply holds the connection at most.
+        accounts: the Google accounts on the consent page (default: one, user@gmail.com).
+        refresh_token_limit: live refresh tokens per account and client; one more revokes
+            the oldest (Google's limit is 100).
+        risc_issuer: the `issuer` of the RISC discovery document and `iss` of its tokens.
 
     `on_request`, if set, is called with the refresh token of each refresh request before
     it is answered (in the server's thread): a test can stop a database at that moment.
@@ -92,6 +67,9 @@ class FakeTokenEndpoint:
         revoke_rotated: bool = False,
         granted_scopes: Sequence[str] | None = None,
         max_hang: float = 60.0,
+        accounts: Sequence[FakeAccount] | None = None,
+        refresh_token_limit: int = 100,
+        risc_issuer: str = GOOGLE_RISC_ISSUER,
     ) -> None:
         self.expires_in = expires_in
         self.latency = latency
@@ -101,25 +79,32 @@ class FakeTokenEndpoint:
         self.granted_scopes = list(granted_scopes) if granted_scopes is not None else None
         self.default = Reply.OK
         self.max_hang = max_hang
+        self.risc_issuer = risc_issuer
+        if accounts is None:
+            accounts = [FakeAccount("user@gmail.com", new_sub())]
+        self._ledger = Ledger(accounts, refresh_token_limit=refresh_token_limit)
+        self._consent = ConsentPage(self._ledger)
+        self._keys = KeySet()
         self._lock = threading.Lock()
         self._scripted: list[Reply] = []
-        self._revoked: set[str] = set()
-        self._codes: dict[str, list[str]] = {}
         self._requests: list[TokenRequest] = []
         self._release = threading.Event()
-        self._server = _Server(("127.0.0.1", 0), _Handler)
-        self._server.endpoint = self
-        self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.05},  # close() waits up to one interval
-            name="fake-token-endpoint",
-            daemon=True,
-        )
-        self._thread.start()
+        # The fake's paths, all in one place (Google's own paths where it has them).
+        self._routes: dict[tuple[str, str], Callable[[Request], Answer]] = {
+            ("POST", "/token"): self._token,
+            ("GET", "/auth"): lambda request: Answer.page(200, self._consent.show(request.query)),
+            ("POST", "/auth"): lambda request: Answer.redirect(self._consent.decide(request.body)),
+            ("POST", "/revoke"): self._revocation,
+            ("GET", "/oauth2/v3/certs"): lambda _: Answer.json(200, self._keys.jwks()),
+            ("GET", "/.well-known/risc-configuration"): (
+                lambda _: Answer.json(200, self._risc_configuration())
+            ),
+        }
+        self._server = Server(self)
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+        return f"http://127.0.0.1:{self._server.port}"
 
     @property
     def token_uri(self) -> str:
@@ -127,8 +112,23 @@ class FakeTokenEndpoint:
 
     @property
     def auth_uri(self) -> str:
-        """The consent page: redirects at once to the redirect_uri with a code."""
+        """The consent page (GET: the form; POST: the decision, a redirect)."""
         return f"{self.base_url}/auth"
+
+    @property
+    def revoke_uri(self) -> str:
+        """The revocation endpoint: POST token=<refresh or access token>."""
+        return f"{self.base_url}/revoke"
+
+    @property
+    def jwks_uri(self) -> str:
+        """The public keys of ID tokens and security event tokens (Google's path)."""
+        return f"{self.base_url}/oauth2/v3/certs"
+
+    @property
+    def risc_config_url(self) -> str:
+        """The RISC discovery document, naming `risc_issuer` and `jwks_uri`."""
+        return f"{self.base_url}/.well-known/risc-configuration"
 
     @property
     def requests(self) -> list[TokenRequest]:
@@ -140,6 +140,16 @@ class FakeTokenEndpoint:
         """The refresh_token grants received so far."""
         return [r for r in self.requests if r.grant_type == "refresh_token"]
 
+    @property
+    def accounts(self) -> tuple[FakeAccount, ...]:
+        return self._ledger.accounts
+
+    def add_account(
+        self, email: str, *, sub: str | None = None, email_verified: bool = True
+    ) -> FakeAccount:
+        """Add a Google account to the consent page (a 21-digit account id unless given)."""
+        return self._ledger.add_account(FakeAccount(email, sub or new_sub(), email_verified))
+
     def script(self, *replies: Reply) -> None:
         """Answer the next requests with these replies, in order, then fall back as usual."""
         with self._lock:
@@ -147,8 +157,15 @@ class FakeTokenEndpoint:
 
     def revoke(self, refresh_token: str) -> None:
         """Answer `invalid_grant` to every later refresh with this refresh token."""
-        with self._lock:
-            self._revoked.add(refresh_token)
+        self._ledger.revoke(refresh_token)
+
+    def is_revoked(self, token: str) -> bool:
+        """Whether a refresh token, or an access token (or its refresh token), is revoked."""
+        return self._ledger.is_revoked(token)
+
+    def revoked_tokens(self) -> list[str]:
+        """The tokens the revocation endpoint accepted, as they were sent, in order."""
+        return self._ledger.revoked_at_endpoint()
 
     def release(self) -> None:
         """Let requests held by HANG go (their connections are closed without an answer)."""
@@ -166,11 +183,67 @@ class FakeTokenEndpoint:
             }
         }
 
+    def consent(
+        self,
+        authorization_url: str,
+        *,
+        account: FakeAccount | str | None = None,
+        scopes: Sequence[str] | None = None,
+        decision: Literal["allow", "deny"] = "allow",
+    ) -> str:
+        """Act as the user's browser on the consent page; return the redirect, not followed.
+
+        Args:
+            account: the account (or its email) to choose; None: the preselected one.
+            scopes: the boxes to leave ticked; None: every requested scope.
+        """
+        if not authorization_url.startswith(self.auth_uri + "?"):
+            raise ValueError(f"not an authorization URL of this endpoint: {self.auth_uri}?...")
+        email = account.email if isinstance(account, FakeAccount) else account
+        return drive_consent(authorization_url, account=email, scopes=scopes, decision=decision)
+
+    def security_event(
+        self,
+        event_type: RiscEvent | str,
+        subject: Mapping[str, Any] | None,
+        *,
+        audience: str,
+        jti: str | None = None,
+        iat: int | None = None,
+        extra: Mapping[str, Any] | None = None,
+        sign_with: Literal["issuer", "foreign", "none"] = "issuer",
+        kid: str | None = None,
+    ) -> str:
+        """A security event token as Google pushes it: RS256, `kid` header, no `exp`.
+
+        Args:
+            subject: `iss_sub(account)`, `oauth_token(token, alg)`, any dict, or None (a
+                verification event has none).
+            audience: the receiver's OAuth client id.
+            extra: more members of the event (`reason`, `state`).
+            sign_with: "foreign" signs with a key that is not in the JWKS, "none" sends an
+                unsigned token (`alg: none`): forgeries a receiver must refuse.
+            kid: the header's key id instead of the signing key's (with "foreign": a
+                forgery naming the published key).
+        """
+        claims = security_event_claims(
+            event_type,
+            subject,
+            issuer=self.risc_issuer,
+            audience=audience,
+            jti=jti,
+            iat=iat,
+            extra=extra,
+        )
+        return self._keys.sign(claims, sign_with=sign_with, kid=kid)
+
+    def rotate_signing_key(self) -> str:
+        """Sign from now on with a new key, published next to the old ones; return its kid."""
+        return self._keys.rotate()
+
     def close(self) -> None:
         self._release.set()
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
+        self._server.close()
 
     def __enter__(self) -> FakeTokenEndpoint:
         return self
@@ -181,83 +254,64 @@ class FakeTokenEndpoint:
     def __repr__(self) -> str:
         return f"<FakeTokenEndpoint {self.token_uri} requests={len(self._requests)}>"
 
-    # --- called by the handler threads ------------------------------------------------------
+    # --- the HTTP side -----------------------------------------------------------------------
+
+    def serve(self, request: Request) -> Answer:
+        """Answer one HTTP request (the server's threads call this)."""
+        route = self._routes.get((request.method, request.path))
+        if route is None:
+            return Answer.json(404, {"error": "not_found"})
+        try:
+            return route(request)
+        except ConsentError as exc:
+            return Answer.page(400, error_page(str(exc)))
+
+    def _risc_configuration(self) -> dict[str, Any]:
+        return risc_configuration(
+            issuer=self.risc_issuer, jwks_uri=self.jwks_uri, base_url=self.base_url
+        )
+
+    def _revocation(self, request: Request) -> Answer:
+        # Google takes the token in the body or in the query string.
+        token = request.form.get("token") or parse_qs(request.query).get("token", [""])[0]
+        if not token:
+            return Answer.json(400, {"error": "invalid_request", "error_description": "token"})
+        if not self._ledger.revoke_at_endpoint(token):
+            return Answer.json(
+                400, {"error": "invalid_token", "error_description": "Token expired or revoked"}
+            )
+        return Answer.json(200, {})
 
     def _choose(self, refresh_token: str | None) -> Reply:
         with self._lock:
             if self._scripted:
                 return self._scripted.pop(0)
-            if refresh_token is not None and refresh_token in self._revoked:
-                return Reply.INVALID_GRANT
-            return self.default
+        if refresh_token is not None and self._ledger.is_revoked(refresh_token):
+            return Reply.INVALID_GRANT
+        return self.default
 
-    def issue_code(self, scopes: list[str]) -> str:
-        """Issue an authorization code for the consent page (the handler calls it)."""
-        code = "4/fake-code-" + secrets.token_hex(8)
-        with self._lock:
-            self._codes[code] = scopes
-        return code
-
-    def _success_body(
-        self,
-        access_token: str,
-        grant_type: str,
-        code_scopes: list[str] | None,
-        refresh_token: str | None,
-    ) -> dict[str, Any]:
-        body: dict[str, Any] = {
-            "access_token": access_token,
-            "expires_in": self.expires_in,
-            "token_type": "Bearer",
-        }
-        if grant_type == "authorization_code":
-            body["refresh_token"] = "1//fake-refresh-" + secrets.token_urlsafe(24)
-            body["scope"] = " ".join(code_scopes or [])
-            return body
-        if self.rotate_refresh_tokens:
-            body["refresh_token"] = "1//fake-refresh-" + secrets.token_urlsafe(24)
-            if self.revoke_rotated and refresh_token:
-                with self._lock:
-                    self._revoked.add(refresh_token)
-        if self.granted_scopes is not None:
-            body["scope"] = " ".join(self.granted_scopes)
-        return body
-
-    def answer(self, form: dict[str, str]) -> tuple[int, str, bytes]:
-        """Choose, record and return (status, content type, body) for one token request."""
+    def _token(self, request: Request) -> Answer:
+        """Choose, record and answer one token request."""
+        form = request.form
         grant_type = form.get("grant_type", "")
         refresh_token = form.get("refresh_token")
-        code = form.get("code")
         hook = self.on_request
         if hook is not None and grant_type == "refresh_token":
             hook(refresh_token)
         reply = self._choose(refresh_token)
         if self.latency:
             time.sleep(self.latency)
-        code_scopes: list[str] | None = None
-        if reply is Reply.OK and grant_type == "authorization_code":
-            with self._lock:
-                code_scopes = self._codes.pop(code or "", None)
-            if code_scopes is None:
-                reply = Reply.INVALID_GRANT
-        elif reply is Reply.OK and grant_type != "refresh_token":
+        description: str | None = None
+        issued: _Issued | None = None
+        if reply is Reply.OK and grant_type in ("authorization_code", "refresh_token"):
+            try:
+                issued = self._issue(grant_type, form)
+            except InvalidGrantError as exc:
+                reply, description = Reply.INVALID_GRANT, str(exc)
+        elif reply is Reply.OK:
             reply = Reply.UNAUTHORIZED_CLIENT
-        issued = None
-        body: dict[str, Any] = {}
-        if reply is Reply.OK:
-            issued = "ya29.fake-" + secrets.token_urlsafe(24)
-            body = self._success_body(issued, grant_type, code_scopes, refresh_token)
-            answer = (200, "application/json", json.dumps(body).encode())
-        elif reply is Reply.BAD_GATEWAY_HTML:
-            page = b"<html><body><h1>502 Bad Gateway</h1></body></html>"
-            answer = (502, "text/html", page)
-        elif reply is Reply.HANG:
-            answer = (0, "", b"")
-        else:
-            status, description = _ERROR_ANSWERS[reply]
-            error = "rate_limit_exceeded" if reply is Reply.RATE_LIMITED else reply.value
-            payload = {"error": error, "error_description": description}
-            answer = (status, "application/json", json.dumps(payload).encode())
+        answer = Answer.json(200, issued.body) if issued else error_answer(reply, description)
+        body = issued.body if issued else {}
         with self._lock:
             self._requests.append(
                 TokenRequest(
@@ -265,79 +319,88 @@ class FakeTokenEndpoint:
                     client_id=form.get("client_id"),
                     refresh_token=refresh_token,
                     client_secret=form.get("client_secret"),
-                    code=code,
+                    code=form.get("code"),
                     reply=reply,
                     received_at=time.time(),
-                    issued_access_token=issued,
-                    issued_refresh_token=body.get("refresh_token") if issued else None,
+                    issued_access_token=body.get("access_token"),
+                    issued_refresh_token=body.get("refresh_token"),
+                    issued_id_token=body.get("id_token"),
+                    redirect_uri=form.get("redirect_uri"),
+                    code_verifier=form.get("code_verifier"),
+                    account=issued.account if issued else None,
+                    scopes=issued.scopes if issued else None,
                 )
             )
         if reply is Reply.HANG:
             self._release.wait(self.max_hang)
         return answer
 
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    # Herds open many connections at once: the default backlog of 5 drops their SYNs,
-    # and each dropped one costs the client a second before it tries again.
-    request_queue_size = 256
-    endpoint: FakeTokenEndpoint
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: _Server
-    protocol_version = "HTTP/1.1"  # keep-alive, like Google's endpoint
-    # Headers and body go out in separate writes: without TCP_NODELAY a kept-alive
-    # connection waits for the client's delayed ACK (40 ms) between them.
-    disable_nagle_algorithm = True
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Silence the per-request stderr line."""
-
-    def do_POST(self) -> None:
-        if urlsplit(self.path).path != "/token":
-            self._send(404, "application/json", b'{"error": "not_found"}')
-            return
-        length = int(self.headers.get("Content-Length") or 0)
-        raw = self.rfile.read(length).decode()
-        if "json" in (self.headers.get("Content-Type") or ""):
-            form = {key: str(value) for key, value in json.loads(raw or "{}").items()}
+    def _issue(self, grant_type: str, form: dict[str, str]) -> _Issued:
+        """The success body of a code exchange or a refresh; raises InvalidGrantError."""
+        access_token = "ya29.fake-" + secrets.token_urlsafe(24)
+        body: dict[str, Any] = {
+            "access_token": access_token,
+            "expires_in": self.expires_in,
+            "token_type": "Bearer",
+        }
+        account: FakeAccount | None
+        nonce: str | None = None
+        new_refresh: str | None = None
+        if grant_type == "authorization_code":
+            code = self._ledger.redeem(
+                form.get("code", ""),
+                client_id=form.get("client_id"),
+                redirect_uri=form.get("redirect_uri"),
+                verifier=form.get("code_verifier"),
+            )
+            account, client_id, scopes = code.account, code.client_id, code.scopes
+            nonce = code.nonce
+            # Google: a refresh token "the first time" (no live grant), or with prompt=consent.
+            if code.offline and (
+                code.consent_prompted or not self._ledger.has_grant(account, client_id)
+            ):
+                new_refresh = self._ledger.issue_refresh_token(account, client_id, scopes)
+            body["scope"] = " ".join(scopes)
         else:
-            form = {key: values[0] for key, values in parse_qs(raw).items()}
-        authorization = self.headers.get("Authorization") or ""
-        if authorization.startswith("Basic "):  # RFC 6749 2.3.1: the client may authenticate so
-            decoded = base64.b64decode(authorization.removeprefix("Basic ")).decode()
-            client_id, _, client_secret = decoded.partition(":")
-            form.setdefault("client_id", unquote_plus(client_id))
-            form.setdefault("client_secret", unquote_plus(client_secret))
-        status, content_type, body = self.server.endpoint.answer(form)
-        if status == 0:  # HANG: drop the connection without a word
-            self.close_connection = True
-            return
-        self._send(status, content_type, body)
+            old_refresh = form.get("refresh_token") or ""
+            grant = self._ledger.refresh_grant(old_refresh)
+            account = grant.account if grant else None
+            client_id = grant.client_id if grant else form.get("client_id", "")
+            scopes = grant.scopes if grant else ()
+            if self.rotate_refresh_tokens:
+                new_refresh = (
+                    self._ledger.issue_refresh_token(grant.account, grant.client_id, grant.scopes)
+                    if grant
+                    else new_refresh_token()
+                )
+                if self.revoke_rotated and old_refresh:
+                    self._ledger.revoke(old_refresh)
+            if self.granted_scopes is not None:
+                body["scope"] = " ".join(self.granted_scopes)
+            elif grant:
+                body["scope"] = " ".join(grant.scopes)
+        if new_refresh is not None:
+            body["refresh_token"] = new_refresh
+        self._ledger.note_access_token(
+            access_token,
+            new_refresh or form.get("refresh_token"),
+            (account.sub, client_id) if account else None,
+        )
+        if account is not None and OPENID in scopes:
+            body["id_token"] = id_token(
+                self._keys,
+                account=account,
+                client_id=client_id,
+                scopes=scopes,
+                access_token=access_token,
+                nonce=nonce,
+            )
+        granted = tuple(body["scope"].split()) if "scope" in body else None
+        return _Issued(body, account, granted)
 
-    def do_GET(self) -> None:
-        parts = urlsplit(self.path)
-        if parts.path != "/auth":
-            self._send(404, "text/plain", b"not found")
-            return
-        query = {key: values[0] for key, values in parse_qs(parts.query).items()}
-        redirect_uri = query.get("redirect_uri", "")
-        if urlsplit(redirect_uri).hostname not in ("localhost", "127.0.0.1"):
-            self._send(400, "text/plain", b"redirect_uri must be on loopback")
-            return
-        code = self.server.endpoint.issue_code(query.get("scope", "").split())
-        target = redirect_uri + "?" + urlencode({"code": code, "state": query.get("state", "")})
-        self.send_response(302)
-        self.send_header("Location", target)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
 
-    def _send(self, status: int, content_type: str, body: bytes) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        with contextlib.suppress(OSError):
-            self.wfile.write(body)
+@dataclass(frozen=True, slots=True)
+class _Issued:
+    body: dict[str, Any] = field(repr=False)
+    account: FakeAccount | None
+    scopes: tuple[str, ...] | None
