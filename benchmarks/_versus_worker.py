@@ -12,7 +12,15 @@ import sys
 import time
 from collections.abc import Callable
 
-from gmail_token_store import TokenStore
+from gmail_token_store import StoreOptions, TokenStore
+
+#: This version refuses loopback token URIs (the fake endpoint) unless told; 0.2.0 allowed
+#: them and knows no such option.
+OPTIONS: StoreOptions = (
+    {"allow_loopback_token_uri": True}
+    if "allow_loopback_token_uri" in StoreOptions.__annotations__
+    else {}
+)
 
 
 def main() -> None:
@@ -20,8 +28,8 @@ def main() -> None:
     with open(users_file) as file:
         users: dict[str, list[str]] = json.load(file)
     fresh, due = users["fresh"], users["due"]
-    uncached = TokenStore(dsn, cache_ttl=0)
-    cached = TokenStore(dsn)
+    uncached = TokenStore(dsn, cache_ttl=0, **OPTIONS)
+    cached = TokenStore(dsn, **OPTIONS)
     position = {"due": 0}
 
     def miss() -> None:

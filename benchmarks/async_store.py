@@ -52,8 +52,8 @@ async def stall(
     options: dict[str, Any] = {"cache_ttl": 0.0, "max_connections": 20}
     lateness: list[float] = []
     stop = asyncio.Event()
-    async with AsyncTokenStore(dsn, **options) as store:
-        sync_store = TokenStore(dsn, **options)
+    async with AsyncTokenStore(dsn, allow_loopback_token_uri=True, **options) as store:
+        sync_store = TokenStore(dsn, allow_loopback_token_uri=True, **options)
         # As in a running service: connections open, one refresh done before (the HTTP
         # stack's lazily imported modules are loaded).
         await asyncio.gather(*(store.check(user) for user in users))
@@ -79,8 +79,8 @@ async def stall(
 
 async def hot_path(dsn: str, user_id: str, rounds: int, calls: int) -> dict[str, float]:
     bare = await psycopg.AsyncConnection.connect(dsn, autocommit=True)
-    uncached = AsyncTokenStore(dsn, cache_ttl=0)
-    cached = AsyncTokenStore(dsn)
+    uncached = AsyncTokenStore(dsn, allow_loopback_token_uri=True, cache_ttl=0)
+    cached = AsyncTokenStore(dsn, allow_loopback_token_uri=True)
 
     async def bare_select() -> None:
         cursor = await bare.execute(SELECT_ROW, (user_id,))
@@ -112,13 +112,13 @@ def throughput(dsn: str, endpoint: FakeTokenEndpoint) -> tuple[float, float]:
     users = insert_rows(dsn, 1000, expires_in=86_400, token_uri=endpoint.token_uri)
 
     async def through_coroutines() -> float:
-        async with AsyncTokenStore(dsn, cache_ttl=0) as store:
+        async with AsyncTokenStore(dsn, allow_loopback_token_uri=True, cache_ttl=0) as store:
             await store.check(users[0])
             began = time.perf_counter()
             await asyncio.gather(*(store.get_credentials(user) for user in users))
             return len(users) / (time.perf_counter() - began)
 
-    with TokenStore(dsn, cache_ttl=0, max_connections=16) as store:
+    with TokenStore(dsn, allow_loopback_token_uri=True, cache_ttl=0, max_connections=16) as store:
         store.check(users[0])
         with ThreadPoolExecutor(16) as pool:
             began = time.perf_counter()

@@ -50,7 +50,7 @@ def main() -> None:
             user_ids = [str(row[0]) for row in conn.execute("SELECT user_id FROM gmail_token")]
         checkpoints = {args.users // 10, args.users // 4, args.users // 2, args.users}
         rows = []
-        with TokenStore(postgres.dsn) as store:
+        with TokenStore(postgres.dsn, allow_loopback_token_uri=True) as store:
             cache = store._cache
             assert cache is not None
             gc.collect()

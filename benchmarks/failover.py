@@ -32,10 +32,14 @@ def one_failover(kind: str, endpoint: FakeTokenEndpoint) -> float:
         call: Callable[[], object]
         loop = asyncio.new_event_loop()
         if kind == "TokenStore":
-            store = TokenStore(servers.dsn, cache_ttl=0, connect_timeout=2)
+            store = TokenStore(
+                servers.dsn, allow_loopback_token_uri=True, cache_ttl=0, connect_timeout=2
+            )
             call = lambda: store.get_credentials(user_id)  # noqa: E731
         else:
-            async_store = AsyncTokenStore(servers.dsn, cache_ttl=0, connect_timeout=2)
+            async_store = AsyncTokenStore(
+                servers.dsn, allow_loopback_token_uri=True, cache_ttl=0, connect_timeout=2
+            )
             call = lambda: loop.run_until_complete(async_store.get_credentials(user_id))  # noqa: E731
         call()
         successes: list[float] = []

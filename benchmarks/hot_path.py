@@ -90,8 +90,8 @@ def main() -> None:
         try:
             http_conn = http.client.HTTPConnection("127.0.0.1", ports.get(timeout=30))
             bare = psycopg.connect(postgres.dsn, autocommit=True)
-            uncached = TokenStore(postgres.dsn, cache_ttl=0)
-            cached = TokenStore(postgres.dsn)
+            uncached = TokenStore(postgres.dsn, allow_loopback_token_uri=True, cache_ttl=0)
+            cached = TokenStore(postgres.dsn, allow_loopback_token_uri=True)
 
             def bare_select() -> None:
                 bare.execute(SELECT_ROW, (user_id,)).fetchone()

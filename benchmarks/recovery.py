@@ -67,11 +67,15 @@ def main() -> None:
     worst = 0.0
     with database() as postgres, FakeTokenEndpoint() as endpoint:
         [user_id] = insert_rows(postgres.dsn, 1, expires_in=86_400, token_uri=endpoint.token_uri)
-        sync_store = TokenStore(postgres.dsn, cache_ttl=0, connect_timeout=2)
+        sync_store = TokenStore(
+            postgres.dsn, allow_loopback_token_uri=True, cache_ttl=0, connect_timeout=2
+        )
         loop = asyncio.new_event_loop()
         runner = threading.Thread(target=loop.run_forever, daemon=True)
         runner.start()
-        async_store = AsyncTokenStore(postgres.dsn, cache_ttl=0, connect_timeout=2)
+        async_store = AsyncTokenStore(
+            postgres.dsn, allow_loopback_token_uri=True, cache_ttl=0, connect_timeout=2
+        )
 
         def sync_call() -> None:
             sync_store.get_credentials(user_id)

@@ -68,7 +68,7 @@ def main() -> None:
         print(f"\nSeeded user {USER_ID}: access token {shown(before)}", end=" ")
         print(f"expires {before_expiry:%H:%M:%S} UTC")
 
-        with TokenStore(postgres.dsn) as store:
+        with TokenStore(postgres.dsn, allow_loopback_token_uri=True) as store:
             print("\ncheck (what auth-server's /api/gmail/check answered):")
             print(json.dumps(store.check(USER_ID).to_dict(), indent=2))
 

@@ -4,6 +4,7 @@ from `gmail_token_store.testing.fixtures`, under the short names the suite uses.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -29,6 +30,11 @@ def utcnow() -> datetime:
 
 
 pytest_plugins = ["gmail_token_store.testing.fixtures"]
+
+# The fake Google listens on loopback: stores built from the environment (the module-level
+# get_credentials, the command, the examples) must trust it, as a consumer's test suite
+# would set it. Stores built by the tests opt in with allow_loopback_token_uri=True.
+os.environ["GMAIL_TOKEN_STORE_ALLOW_LOOPBACK_TOKEN_URI"] = "1"
 
 
 @pytest.fixture(scope="session")
@@ -64,6 +70,7 @@ def make_store(dsn: str, store_kind: str) -> Iterator[Callable[..., TokenStore]]
 
     def make(**options: Any) -> TokenStore:
         options.setdefault("cache_ttl", 0)
+        options.setdefault("allow_loopback_token_uri", True)  # the fake Google is on loopback
         options.setdefault("http_timeout", 2.0)
         options.setdefault("lock_timeout", 5.0)
         conninfo = options.pop("conninfo", dsn)

@@ -216,6 +216,7 @@ class Cli:
             k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "GOOGLE_CLIENT_SECRET")
         }
         env["GMAIL_TOKEN_STORE_DSN"] = self.dsn
+        env["GMAIL_TOKEN_STORE_ALLOW_LOOPBACK_TOKEN_URI"] = "1"  # the fake Google
         return env
 
     def __call__(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:

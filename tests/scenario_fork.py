@@ -71,7 +71,14 @@ def sync_fetcher(kind: str, dsn: str) -> Callable[[str], str]:
     if kind == "module":
         os.environ["GMAIL_TOKEN_STORE_DSN"] = dsn
         return lambda user: str(gmail_token_store.get_credentials(user).token)
-    store = TokenStore(dsn, cache_ttl=0, max_connections=4, http_timeout=2.0, lock_timeout=10.0)
+    store = TokenStore(
+        dsn,
+        allow_loopback_token_uri=True,
+        cache_ttl=0,
+        max_connections=4,
+        http_timeout=2.0,
+        lock_timeout=10.0,
+    )
     return lambda user: str(store.get_credentials(user).token)
 
 
@@ -124,7 +131,11 @@ def main() -> None:
     async_store: AsyncTokenStore | None = None
     if kind == "async":
         async_store = AsyncTokenStore(
-            order["dsn"], cache_ttl=0, http_timeout=2.0, lock_timeout=10.0
+            order["dsn"],
+            cache_ttl=0,
+            http_timeout=2.0,
+            lock_timeout=10.0,
+            allow_loopback_token_uri=True,
         )
 
         async def warm() -> None:

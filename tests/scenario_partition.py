@@ -91,11 +91,11 @@ def main() -> None:
         options: dict[str, Any] = {"cache_ttl": 0, "connect_timeout": 2, "http_timeout": 2.0}
         call: Callable[[Any], Any]
         if kind == "sync":
-            store: Any = TokenStore(postgres.dsn, **options)
+            store: Any = TokenStore(postgres.dsn, allow_loopback_token_uri=True, **options)
             call = _returned
         else:
             loop = asyncio.new_event_loop()
-            store = AsyncTokenStore(postgres.dsn, **options)
+            store = AsyncTokenStore(postgres.dsn, allow_loopback_token_uri=True, **options)
             call = loop.run_until_complete
         port = postgres.port
 

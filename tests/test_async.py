@@ -44,7 +44,7 @@ def test_fifty_coroutines_on_one_expired_token_make_one_request(
     row = seed(expires_in=-5)
 
     async def herd() -> list[str | None]:
-        async with AsyncTokenStore(dsn, **OPTIONS) as store:
+        async with AsyncTokenStore(dsn, allow_loopback_token_uri=True, **OPTIONS) as store:
             answers = await asyncio.gather(*(store.get_credentials(row.user_id) for _ in range(50)))
             return [credentials.token for credentials in answers]
 
@@ -79,7 +79,7 @@ def test_other_coroutines_run_while_a_refresh_waits_for_the_endpoint(
     finished: list[str] = []
 
     async def both() -> None:
-        async with AsyncTokenStore(dsn, **OPTIONS) as store:
+        async with AsyncTokenStore(dsn, allow_loopback_token_uri=True, **OPTIONS) as store:
 
             async def refresh() -> None:
                 await store.get_credentials(due.user_id)
@@ -124,7 +124,7 @@ def test_a_call_cancelled_during_the_token_request_leaves_no_lock_and_no_busy_co
     row = seed(expires_in=-5)
 
     async def cancelled_then_again() -> str | None:
-        async with AsyncTokenStore(dsn, **OPTIONS) as store:
+        async with AsyncTokenStore(dsn, allow_loopback_token_uri=True, **OPTIONS) as store:
             with pytest.raises(TimeoutError):
                 await asyncio.wait_for(store.get_credentials(row.user_id), 0.3)
             assert _row_is_free(dsn, row.user_id)  # the lock went with the cancelled call
@@ -142,7 +142,9 @@ def test_a_call_cancelled_mid_query_leaves_no_connection_mid_query(
     with FaultProxy(postgres.port) as proxy:
 
         async def cancelled_read() -> str | None:
-            async with AsyncTokenStore(proxy.dsn(dsn), **OPTIONS) as store:
+            async with AsyncTokenStore(
+                proxy.dsn(dsn, allow_loopback_token_uri=True), **OPTIONS
+            ) as store:
                 await store.check(row.user_id)
                 proxy.delay(1.0)
                 with pytest.raises(TimeoutError):
@@ -165,7 +167,9 @@ def test_a_call_cancelled_between_answer_and_write_secures_the_grant_first(
         threading.Timer(1.0, proxy.heal).start()
 
         async def cancelled_write() -> None:
-            async with AsyncTokenStore(proxy.dsn(dsn), **OPTIONS) as store:
+            async with AsyncTokenStore(
+                proxy.dsn(dsn, allow_loopback_token_uri=True), **OPTIONS
+            ) as store:
                 with pytest.raises(TimeoutError):  # ...when the caller gives up
                     await asyncio.wait_for(store.get_credentials(row.user_id), 0.5)
 
@@ -190,7 +194,7 @@ def test_credentials_refresh_through_the_store_from_a_worker_thread(
     row = seed(expires_in=3000)  # valid by its expiry, yet the API answers 401
 
     async def send() -> int:
-        async with AsyncTokenStore(dsn, **OPTIONS) as store:
+        async with AsyncTokenStore(dsn, allow_loopback_token_uri=True, **OPTIONS) as store:
             credentials = await store.get_credentials(row.user_id)
 
             def call_gmail() -> int:  # what googleapiclient does, in a worker thread
@@ -211,7 +215,7 @@ def test_credentials_refreshed_on_the_event_loops_own_thread_refuse_instead_of_b
     row = seed(expires_in=3000)
 
     async def blocking_refresh() -> None:
-        async with AsyncTokenStore(dsn, **OPTIONS) as store:
+        async with AsyncTokenStore(dsn, allow_loopback_token_uri=True, **OPTIONS) as store:
             credentials = await store.get_credentials(row.user_id)
             with pytest.raises(google.auth.exceptions.RefreshError, match="worker thread"):
                 credentials.refresh(google.auth.transport.requests.Request())
@@ -245,7 +249,7 @@ def test_a_closed_async_store_refuses_calls(dsn: str, seed: SeedRow) -> None:
     row = seed()
 
     async def closed() -> None:
-        store = AsyncTokenStore(dsn, **OPTIONS)
+        store = AsyncTokenStore(dsn, allow_loopback_token_uri=True, **OPTIONS)
         await store.aclose()
         with pytest.raises(TokenStoreError, match="closed"):
             await store.get_credentials(row.user_id)
@@ -308,7 +312,7 @@ def test_google_auths_async_authorized_session_refreshes_through_the_store(
     row = seed(expires_in=3000)  # valid by its expiry, yet the API answers 401
 
     async def call() -> int:
-        async with AsyncTokenStore(dsn, **OPTIONS) as store:
+        async with AsyncTokenStore(dsn, allow_loopback_token_uri=True, **OPTIONS) as store:
             credentials = await store.get_credentials(row.user_id)
             session = AsyncAuthorizedSession(credentials, auth_request=_HttpxRequest())
             try:

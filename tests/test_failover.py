@@ -148,7 +148,7 @@ def test_a_refresh_in_flight_when_the_primary_dies_keeps_its_grant_on_the_new_pr
     assert credentials.token == request.issued_access_token
     _, refresh_token, _ = _row(replicated.standby.dsn, grant.user_id)
     assert refresh_token == request.issued_refresh_token
-    with TokenStore(replicated.dsn, cache_ttl=0) as fresh_store:
+    with TokenStore(replicated.dsn, allow_loopback_token_uri=True, cache_ttl=0) as fresh_store:
         assert fresh_store.refresh(grant.user_id, force=True).status == "refreshed"
 
 
@@ -178,7 +178,7 @@ def test_a_write_the_standby_never_received_is_written_again_after_the_failover(
         request.issued_access_token,
         request.issued_refresh_token,
     )
-    with TokenStore(replicated.dsn, cache_ttl=0) as fresh_store:
+    with TokenStore(replicated.dsn, allow_loopback_token_uri=True, cache_ttl=0) as fresh_store:
         assert fresh_store.refresh(grant.user_id, force=True).status == "refreshed"
     assert [r.reply.value for r in rotating.refresh_requests()] == ["ok", "ok"]
 

@@ -41,7 +41,9 @@ def _assert_row_holds_the_grant_a_fresh_store_can_use(
     newest = endpoint.refresh_requests()[-1]
     stored = fetch_row(user_id)["token_data"]
     assert stored["refresh_token"] == newest.issued_refresh_token
-    with TokenStore(dsn, cache_ttl=0) as fresh_store:  # another process, later
+    with TokenStore(
+        dsn, allow_loopback_token_uri=True, cache_ttl=0
+    ) as fresh_store:  # another process, later
         assert fresh_store.refresh(user_id, force=True).status == "refreshed"
     assert endpoint.refresh_requests()[-1].reply.value == "ok"
 
@@ -123,7 +125,10 @@ def test_grant_survives_an_interrupt_between_the_answer_and_the_write(
     fetch_row: FetchRow,
 ) -> None:
     row = seed(expires_in=-10)
-    with FaultProxy(postgres.port) as proxy, TokenStore(proxy.dsn(dsn), cache_ttl=0) as store:
+    with (
+        FaultProxy(postgres.port) as proxy,
+        TokenStore(proxy.dsn(dsn, allow_loopback_token_uri=True), cache_ttl=0) as store,
+    ):
         store.check(row.user_id)  # a pooled connection through the proxy
 
         def interrupt_during_the_write(_token: str | None) -> None:

@@ -152,7 +152,7 @@ def test_a_cache_miss_on_a_due_token_takes_at_most_seven_flow_shell_round_trips(
 ) -> None:
     """Each effect is one round trip between a flow and its shell; the time is injected."""
     row = seed(expires_in=30)
-    with TokenStore(dsn, cache_ttl=0) as store:
+    with TokenStore(dsn, allow_loopback_token_uri=True, cache_ttl=0) as store:
         performed: list[str] = []
         perform = store._io._perform
 

@@ -11,5 +11,7 @@ from gmail_token_store import TokenStore
 
 def refresh_forever(dsn: str, user_id: str) -> None:
     """Start a refresh whose token request never returns (the test kills us meanwhile)."""
-    with TokenStore(dsn, cache_ttl=0, http_timeout=60.0, lock_timeout=60.0) as store:
+    with TokenStore(
+        dsn, allow_loopback_token_uri=True, cache_ttl=0, http_timeout=60.0, lock_timeout=60.0
+    ) as store:
         store.get_credentials(user_id)

@@ -12,7 +12,7 @@ from google.oauth2.credentials import Credentials
 from ._cache import CredentialsCache
 from ._core.errors import parse_user_id
 from ._core.flows import NewGrant
-from ._core.record import TokenRecord
+from ._core.record import OAuthClient, TokenRecord
 from ._core.state import Core
 from ._handout import Refresher, hand_out
 from ._io.events import logger
@@ -35,7 +35,8 @@ class StoreBase:
             windows=settings.windows,
             http_timeout=settings.http_timeout,
             allowed_token_hosts=settings.allowed_token_hosts,
-            fallback_client=(settings.client_id, settings.client_secret),
+            allow_loopback_token_uri=settings.allow_loopback_token_uri,
+            fallback_client=OAuthClient(settings.client_id, settings.client_secret),
         )
         self._cache = (
             CredentialsCache(ttl=settings.cache_ttl, max_entries=settings.cache_size)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypedDict
 
 from ._core.windows import Windows
@@ -27,6 +27,8 @@ class StoreOptions(TypedDict, total=False):
     http_timeout (10): per token request; a whole refresh takes at most 3x this.
     lock_timeout (30): longest wait for another process's refresh of the same row.
     allowed_token_hosts (()): extra https hosts a row's token_uri may name.
+    allow_loopback_token_uri (False): let token_uri name a loopback host (http or https):
+        for emulators and tests only (the `testing` helpers opt in).
     client_id, client_secret (None): OAuth client for rows that carry none.
     prepare_threshold (5): psycopg's; None disables prepared statements (PgBouncer
         transaction pooling before 1.21).
@@ -42,6 +44,7 @@ class StoreOptions(TypedDict, total=False):
     http_timeout: float
     lock_timeout: float
     allowed_token_hosts: Iterable[str]
+    allow_loopback_token_uri: bool
     client_id: str | None
     client_secret: str | None
     prepare_threshold: int | None
@@ -61,8 +64,9 @@ class Settings:
     http_timeout: float
     lock_timeout: float
     allowed_token_hosts: frozenset[str]
+    allow_loopback_token_uri: bool
     client_id: str | None
-    client_secret: str | None
+    client_secret: str | None = field(repr=False)
     prepare_threshold: int | None
     cache_ttl: float
     cache_size: int
@@ -127,12 +131,16 @@ def settings_from(options: StoreOptions) -> Settings:
     on_event = options.get("on_event")
     if on_event is not None and not callable(on_event):
         raise ValueError("on_event must be callable")
+    allow_loopback = options.get("allow_loopback_token_uri", False)
+    if not isinstance(allow_loopback, bool):
+        raise ValueError(f"allow_loopback_token_uri must be True or False, got {allow_loopback!r}")
     return Settings(
         refresh_margin=refresh_margin,
         mandatory_refresh_margin=mandatory,
         http_timeout=_seconds("http_timeout", options.get("http_timeout", 10.0)),
         lock_timeout=_seconds("lock_timeout", options.get("lock_timeout", 30.0)),
         allowed_token_hosts=frozenset(host.lower() for host in hosts),
+        allow_loopback_token_uri=allow_loopback,
         client_id=_optional_text("client_id", options.get("client_id")),
         client_secret=_optional_text("client_secret", options.get("client_secret")),
         prepare_threshold=prepare_threshold,
@@ -161,11 +169,22 @@ def dsn_from_env(dsn: str | None) -> str:
     return found
 
 
+#: The environment variable that lets `from_env()` stores (and the command) use loopback
+#: token URIs: emulators and tests, never production.
+ALLOW_LOOPBACK_ENV = "GMAIL_TOKEN_STORE_ALLOW_LOOPBACK_TOKEN_URI"
+
+
 def options_from_env(options: StoreOptions) -> StoreOptions:
-    """`options` with the fallback OAuth client from GOOGLE_CLIENT_ID / _SECRET added."""
+    """`options` with what the environment sets: the fallback OAuth client from
+    GOOGLE_CLIENT_ID / _SECRET, the loopback opt-in from ALLOW_LOOPBACK_ENV ("1")."""
     merged: StoreOptions = {
         "client_id": env("GOOGLE_CLIENT_ID"),
         "client_secret": env("GOOGLE_CLIENT_SECRET"),
     }
+    flag = env(ALLOW_LOOPBACK_ENV)
+    if flag is not None:
+        if flag not in ("0", "1"):
+            raise ConfigurationError(f"{ALLOW_LOOPBACK_ENV} must be 1 or 0 (or unset)")
+        merged["allow_loopback_token_uri"] = flag == "1"
     merged.update(options)
     return merged

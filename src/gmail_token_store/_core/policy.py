@@ -23,11 +23,15 @@ def is_loopback(host: str | None) -> bool:
     return (host or "").lower() in _LOOPBACK_HOSTS
 
 
-def token_uri_refusal(token_uri: str, allowed_hosts: frozenset[str]) -> str | None:
+def token_uri_refusal(
+    token_uri: str, allowed_hosts: frozenset[str], *, allow_loopback: bool = False
+) -> str | None:
     """Return why `token_uri` must not receive a client secret, or None when it may.
 
-    https on Google's token hosts or an allowed host; http or https on loopback for
-    emulators and tests. A tampered row must not be able to send the secret elsewhere.
+    https on Google's token hosts or an allowed host; http or https on loopback only when
+    the store opted in (emulators and tests). Every service that embeds the store can
+    write the table, so a row must not be able to send a refresh token, its own client
+    secret or the store's fallback client anywhere else (a local sidecar included).
     """
     try:
         parts = urlsplit(token_uri)
@@ -38,18 +42,25 @@ def token_uri_refusal(token_uri: str, allowed_hosts: frozenset[str]) -> str | No
     if parts.scheme == "https" and (host in _GOOGLE_TOKEN_HOSTS or host in allowed_hosts):
         return None
     if parts.scheme in ("http", "https") and host in _LOOPBACK_HOSTS:
-        return None
+        if allow_loopback:
+            return None
+        return (
+            f"token_uri host {host!r} is loopback, which this store does not trust "
+            "(allow_loopback_token_uri=True, or GMAIL_TOKEN_STORE_ALLOW_LOOPBACK_TOKEN_URI=1, "
+            "for emulators and tests only)"
+        )
     return (
         f"token_uri host {host or '(none)'!r} over {parts.scheme or '(no scheme)'} is not allowed "
-        "(Google's token hosts over https, loopback, or allowed_token_hosts)"
+        "(Google's token hosts over https, or allowed_token_hosts)"
     )
 
 
 class TokenUriPolicy:
     """`token_uri_refusal` for one store's allowed hosts, remembering verdicts (bounded)."""
 
-    def __init__(self, allowed_hosts: Iterable[str]) -> None:
+    def __init__(self, allowed_hosts: Iterable[str], *, allow_loopback: bool = False) -> None:
         self.allowed_hosts = frozenset(host.lower() for host in allowed_hosts)
+        self.allow_loopback = allow_loopback
         self._verdicts: dict[str, str | None] = {}
 
     def refusal(self, token_uri: str) -> str | None:
@@ -60,7 +71,9 @@ class TokenUriPolicy:
         except KeyError:
             if len(verdicts) > 1000:
                 verdicts.clear()
-            verdict = verdicts[token_uri] = token_uri_refusal(token_uri, self.allowed_hosts)
+            verdict = verdicts[token_uri] = token_uri_refusal(
+                token_uri, self.allowed_hosts, allow_loopback=self.allow_loopback
+            )
             return verdict
 
 

@@ -64,6 +64,17 @@ def from_epoch(seconds: float) -> datetime:
 
 
 @dataclass(frozen=True, slots=True)
+class OAuthClient:
+    """An OAuth client: the store's fallback for rows that carry none (secret masked)."""
+
+    client_id: str | None
+    client_secret: str | None = field(repr=False)
+
+
+NO_CLIENT = OAuthClient(None, None)
+
+
+@dataclass(frozen=True, slots=True)
 class RefreshFailure:
     """A permanent refresh failure recorded in metadata, still matching the stored refresh token."""
 
@@ -246,9 +257,7 @@ def _column(raw: Any, column: str, problems: list[str], *, required: bool) -> di
         return None
 
 
-def parse_row(
-    row: Sequence[Any], *, fallback_client: tuple[str | None, str | None] = (None, None)
-) -> TokenRecord:
+def parse_row(row: Sequence[Any], *, fallback_client: OAuthClient = NO_CLIENT) -> TokenRecord:
     """Turn a row selected with `_sql.COLUMNS` into a TokenRecord; never raises for content.
 
     Client credentials come from `oauth_config`, then `token_data` (token.json layout),
@@ -293,7 +302,7 @@ def parse_row(
 
     client_in_row = bool(client_id and client_secret)
     if not client_in_row:
-        client_id, client_secret = fallback_client
+        client_id, client_secret = fallback_client.client_id, fallback_client.client_secret
     email = metadata.get("email") if metadata else None
     return TokenRecord(
         row_id=row[0],

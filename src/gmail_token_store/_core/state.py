@@ -23,7 +23,7 @@ from typing import Any
 from .clock import SYSTEM_CLOCK, Clock, DatabaseClock
 from .kept import KeptGrants
 from .policy import TokenUriPolicy
-from .record import TokenRecord, parse_row
+from .record import NO_CLIENT, OAuthClient, TokenRecord, parse_row
 from .windows import Windows
 
 
@@ -36,12 +36,13 @@ class Core:
         windows: Windows,
         http_timeout: float,
         allowed_token_hosts: Iterable[str] = (),
-        fallback_client: tuple[str | None, str | None] = (None, None),
+        allow_loopback_token_uri: bool = False,
+        fallback_client: OAuthClient = NO_CLIENT,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.windows = windows
         self.http_timeout = http_timeout
-        self.policy = TokenUriPolicy(allowed_token_hosts)
+        self.policy = TokenUriPolicy(allowed_token_hosts, allow_loopback=allow_loopback_token_uri)
         self.fallback_client = fallback_client
         self.clock = clock
         self.db_clock = DatabaseClock()

@@ -94,12 +94,13 @@ def run_herd(
     `async_processes` x `coroutines` callers (AsyncTokenStore), released at one moment.
 
     Each process is started with "spawn" and builds its own store(dsn, **store_options),
-    like a separate replica of a service.
+    like a separate replica of a service; the stores trust loopback token URIs (the fake
+    Google) unless `store_options` says otherwise.
     """
     context = multiprocessing.get_context("spawn")
     start = context.Barrier(processes + async_processes)
     results = context.Queue()
-    options = store_options or {}
+    options = {"allow_loopback_token_uri": True, **(store_options or {})}
     members = [
         context.Process(
             target=target, args=(_HerdOrder(dsn, user_id, callers, options), start, results)

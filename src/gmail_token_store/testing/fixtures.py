@@ -79,7 +79,7 @@ def make_grant(gmail_token_dsn: str, fake_token_endpoint: FakeTokenEndpoint) -> 
 @pytest.fixture
 def token_store(gmail_token_dsn: str) -> Iterator[TokenStore]:
     """A TokenStore on the test's table (cache off), closed after the test."""
-    with TokenStore(gmail_token_dsn, cache_ttl=0) as store:
+    with TokenStore(gmail_token_dsn, allow_loopback_token_uri=True, cache_ttl=0) as store:
         yield store
 
 
@@ -90,6 +90,6 @@ def async_token_store(gmail_token_dsn: str) -> Iterator[AsyncTokenStore]:
     It opens its connections on first use, in whatever loop the test runs; after the test
     they are closed.
     """
-    store = AsyncTokenStore(gmail_token_dsn, cache_ttl=0)
+    store = AsyncTokenStore(gmail_token_dsn, allow_loopback_token_uri=True, cache_ttl=0)
     yield store
     asyncio.run(store.aclose())
