@@ -143,7 +143,7 @@ def test_a_call_cancelled_mid_query_leaves_no_connection_mid_query(
 
         async def cancelled_read() -> str | None:
             async with AsyncTokenStore(
-                proxy.dsn(dsn, allow_loopback_token_uri=True), **OPTIONS
+                proxy.dsn(dsn), allow_loopback_token_uri=True, **OPTIONS
             ) as store:
                 await store.check(row.user_id)
                 proxy.delay(1.0)
@@ -168,7 +168,7 @@ def test_a_call_cancelled_between_answer_and_write_secures_the_grant_first(
 
         async def cancelled_write() -> None:
             async with AsyncTokenStore(
-                proxy.dsn(dsn, allow_loopback_token_uri=True), **OPTIONS
+                proxy.dsn(dsn), allow_loopback_token_uri=True, **OPTIONS
             ) as store:
                 with pytest.raises(TimeoutError):  # ...when the caller gives up
                     await asyncio.wait_for(store.get_credentials(row.user_id), 0.5)

@@ -246,13 +246,28 @@ def test_exchange_never_retries_a_dead_grant_and_stops_after_three_requests() ->
         ("http://oauth2.googleapis.com/token", False),
         ("https://evil.example.com/token", False),
         ("https://oauth2.googleapis.com.evil.example/token", False),
-        ("http://127.0.0.1:8080/token", True),
+        ("http://127.0.0.1:8080/token", False),  # loopback: only with the opt-in, below
         ("https://corp-proxy.example/token", True),  # allowed_token_hosts
         ("https://[::1:bad/token", False),
     ],
 )
 def test_token_uri_policy(uri: str, allowed: bool) -> None:
     assert (token_uri_refusal(uri, frozenset({"corp-proxy.example"})) is None) is allowed
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "http://127.0.0.1:8080/token",
+        "https://localhost/token",
+        "http://[::1]:9/t",
+        "http://LocalHost/t",
+    ],
+)
+def test_loopback_token_uris_only_with_the_opt_in(uri: str) -> None:
+    refusal = token_uri_refusal(uri, frozenset())
+    assert refusal is not None and "allow_loopback_token_uri" in refusal
+    assert token_uri_refusal(uri, frozenset(), allow_loopback=True) is None
 
 
 @pytest.mark.parametrize(

@@ -127,7 +127,7 @@ def test_grant_survives_an_interrupt_between_the_answer_and_the_write(
     row = seed(expires_in=-10)
     with (
         FaultProxy(postgres.port) as proxy,
-        TokenStore(proxy.dsn(dsn, allow_loopback_token_uri=True), cache_ttl=0) as store,
+        TokenStore(proxy.dsn(dsn), allow_loopback_token_uri=True, cache_ttl=0) as store,
     ):
         store.check(row.user_id)  # a pooled connection through the proxy
 
