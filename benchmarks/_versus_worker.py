@@ -28,7 +28,8 @@ def main() -> None:
     with open(users_file) as file:
         users: dict[str, list[str]] = json.load(file)
     fresh, due = users["fresh"], users["due"]
-    uncached = TokenStore(dsn, cache_ttl=0, **OPTIONS)
+    uncached_options: StoreOptions = {**OPTIONS, "cache_ttl": 0}
+    uncached = TokenStore(dsn, **uncached_options)
     cached = TokenStore(dsn, **OPTIONS)
     position = {"due": 0}
 

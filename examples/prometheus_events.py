@@ -1,9 +1,9 @@
 """Count the store's events in Prometheus (needs `pip install prometheus-client`).
 
 `on_event` receives one small frozen TokenEvent per refresh, stale serve, dead grant,
-failed refresh and lock timeout: user id, email, duration, error kind; never a secret.
-The hook runs on the caller's thread, so keep it cheap; exceptions in it are logged and
-ignored.
+failed refresh and lock timeout: user id, email, duration, the error from a fixed set
+(`EventError`) and a message in words; never a secret. The hook runs on the caller's
+thread, so keep it cheap; exceptions in it are logged and ignored.
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ REFRESH_SECONDS = Histogram(
 
 
 def count_event(event: TokenEvent) -> None:
-    # Label by kind and error only: user ids would explode the series count.
+    # Label by kind and error only, both from fixed sets: user ids or the message (free
+    # text from the token endpoint) would explode the series count.
     EVENTS.labels(kind=event.kind, error=event.error or "").inc()
     if event.kind == "refreshed":
         REFRESH_SECONDS.observe(event.duration)

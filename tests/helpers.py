@@ -286,3 +286,10 @@ class FakeGmailApi:
         self.server.shutdown()
         self.server.server_close()
         self.thread.join(timeout=5)
+
+
+def one_line(text: str) -> str:
+    """The one line an expected failure prints on stderr (asserting there is exactly one)."""
+    lines = text.strip().splitlines()
+    assert len(lines) == 1, f"expected one line, got: {text!r}"
+    return lines[0]

@@ -23,7 +23,7 @@ from gmail_token_store import GMAIL_SEND
 from gmail_token_store.testing import FakeTokenEndpoint, Reply
 
 from conftest import CLIENT_ID, CLIENT_SECRET, GMAIL_READONLY, SeedRow, utcnow
-from helpers import DSN_PASSWORD, SCRIPT, Cli
+from helpers import DSN_PASSWORD, SCRIPT, Cli, one_line
 
 SEED_COLUMNS = [
     ("id", "integer", "NO", "nextval('gmail_token_id_seq'::regclass)"),
@@ -45,12 +45,6 @@ def seeded(cli: Cli, seed: SeedRow, **columns: Any) -> str:
     row = seed(**columns)
     cli.secrets |= {row.access_token, row.refresh_token}
     return row.user_id
-
-
-def one_line(text: str) -> str:
-    lines = text.strip().splitlines()
-    assert len(lines) == 1, f"expected one line, got: {text!r}"
-    return lines[0]
 
 
 # --- init-db -------------------------------------------------------------------------------

@@ -77,9 +77,10 @@ def row(
         config,
         scopes,
         metadata,
-        expiry,
-        datetime(2026, 11, 1),
+        epoch(expiry) if expiry is not None else None,  # selected as epoch seconds
+        epoch(datetime(2026, 11, 1)),
         "42",
+        None,  # the expiry column's type, always NULL
         NOW,
     )
 
@@ -290,7 +291,7 @@ def test_status_classification(columns: dict[str, Any], state: str) -> None:
     status = classify(
         parse_row(row(**columns)),
         db_now=NOW,
-        db_local_now=datetime(2026, 11, 27, 12, 0),
+        db_local_now=epoch(datetime(2026, 11, 27, 12, 0)),
         windows=WINDOWS,
         policy=TokenUriPolicy(()),
     )
@@ -301,7 +302,7 @@ def test_a_grant_not_refreshed_for_150_days_is_idle() -> None:
     status = classify(
         parse_row(row()),
         db_now=NOW,
-        db_local_now=datetime(2026, 11, 1) + timedelta(days=151),
+        db_local_now=epoch(datetime(2026, 11, 1) + timedelta(days=151)),
         windows=WINDOWS,
         policy=TokenUriPolicy(()),
     )
@@ -359,7 +360,7 @@ def test_the_database_clock_keeps_the_sample_with_the_shortest_round_trip() -> N
         ({"token_data": '{"x": ' + "[" * 3000 + "]" * 3000 + "}"}, "nested too deeply"),
         ({"metadata": '{"x": ' + "[" * 64 + "]" * 64 + "}"}, "nested too deeply"),
         ({"metadata": '{"n": ' + "9" * 5000 + "}"}, "cannot be decoded"),
-        ({"metadata": json.dumps({"email": "x" * 70_000})}, "characters (at most"),
+        ({"metadata": json.dumps({"email": "x" * 70_000})}, "more than 65,536 characters"),
         ({"scopes": json.dumps(["s"] * 300)}, "300 scopes"),
     ],
 )

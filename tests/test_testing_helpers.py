@@ -228,3 +228,18 @@ def test_the_servers_reprs_do_not_show_the_password(
     servers = [(server, replicated.primary.password) for server in (replicated, replicated.standby)]
     for server, password in [*servers, (postgres, postgres.password), (bouncer, postgres.password)]:
         assert password in server.dsn and password not in repr(server)
+
+
+def test_the_servers_do_not_inherit_roots_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A CI job's secrets in root's environment must not reach the postgres account's
+    processes (which it could read in /proc/<pid>/environ)."""
+    assert os.geteuid() == 0, "this test checks the setpriv wrappers: run the suite as root"
+    monkeypatch.setenv("CI_DEPLOY_TOKEN", "planted-ci-secret-" + "C" * 12)
+    with throwaway_postgresql() as server:
+        with psycopg.connect(server.dsn, autocommit=True) as conn:
+            row = conn.execute("SELECT pg_backend_pid()").fetchone()
+        assert row is not None
+        postmaster = int(Path(f"/proc/{row[0]}/status").read_text().split("PPid:")[1].split()[0])
+        environment = Path(f"/proc/{postmaster}/environ").read_bytes()
+        assert b"planted-ci-secret-" not in environment
+        assert b"LC_ALL=C.UTF-8" in environment  # the wrapper's own, fresh environment

@@ -17,6 +17,7 @@ from ._core.record import GMAIL_SEND
 from ._default import create_table, get_credentials, get_credentials_async
 from ._options import StoreOptions
 from ._results import (
+    EventError,
     EventHook,
     EventKind,
     RefreshResult,
@@ -45,6 +46,7 @@ __all__ = [
     "AsyncTokenStore",
     "ConfigurationError",
     "DatabaseUnavailableError",
+    "EventError",
     "EventHook",
     "EventKind",
     "InsufficientScopesError",

@@ -219,7 +219,7 @@ class AsyncTokenStore(StoreBase):
             metadata; InvalidTokenRecordError when the credentials' token_uri is refused.
         """
         uid = parse_user_id(user_id)
-        grant = new_grant(credentials, robeing_id, metadata)
+        grant = new_grant(credentials, email=email, robeing_id=robeing_id, metadata=metadata)
         await self._run(
             flows.save(
                 self._core, uid, grant, email=email, robeing_id=robeing_id, metadata=metadata

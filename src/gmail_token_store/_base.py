@@ -14,6 +14,7 @@ from ._core.errors import parse_user_id
 from ._core.flows import NewGrant
 from ._core.record import OAuthClient, TokenRecord
 from ._core.state import Core
+from ._core.writes import UnwritableError, to_json, unstorable
 from ._handout import Refresher, hand_out
 from ._io.events import logger
 from ._options import StoreOptions, settings_from
@@ -105,14 +106,39 @@ class StoreBase:
             self._cache.after_fork()
 
 
-def new_grant(credentials: object, robeing_id: object, metadata: object) -> NewGrant:
-    """What `save` stores, checked before anything is written (ValueError)."""
+def new_grant(
+    credentials: object, *, email: object, robeing_id: object, metadata: object
+) -> NewGrant:
+    """What `save` stores, checked before anything is written (ValueError, never quoting a
+    value: a token or a secret may be what is wrong)."""
     if not isinstance(credentials, Credentials):
         raise ValueError("credentials must be google.oauth2.credentials.Credentials")
     if not credentials.token and not credentials.refresh_token:
         raise ValueError("credentials hold neither an access token nor a refresh token")
     if metadata is not None and not isinstance(metadata, dict):
         raise ValueError("metadata must be a dict")
+    if email is not None and not isinstance(email, str):
+        raise ValueError("email must be a string")
+    texts = {
+        "the access token": credentials.token,
+        "the refresh token": credentials.refresh_token,
+        "the client id": credentials.client_id,
+        "the client secret": credentials.client_secret,
+        "the token URI": credentials.token_uri,
+        "the email": email,
+        "the robeing id": robeing_id if isinstance(robeing_id, str) else None,
+        **{f"scope #{index}": scope for index, scope in enumerate(credentials.scopes or ())},
+    }
+    for what, text in texts.items():
+        if text is not None and (not isinstance(text, str) or unstorable(text)):
+            raise ValueError(
+                f"{what} holds a character PostgreSQL cannot store (NUL or a lone surrogate) "
+                "or is not a string; nothing was written"
+            )
+    try:
+        to_json(metadata)
+    except UnwritableError as exc:
+        raise ValueError(f"metadata cannot be stored: {exc}; nothing was written") from None
     if robeing_id is not None and (
         not isinstance(robeing_id, str) or len(robeing_id) > _ROBEING_ID_MAX
     ):

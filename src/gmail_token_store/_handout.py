@@ -37,7 +37,7 @@ from google.oauth2.credentials import Credentials
 
 from ._core.clock import DatabaseClock
 from ._core.errors import RefreshFailedError, TokenStoreError
-from ._core.record import TokenRecord, from_epoch
+from ._core.record import TokenRecord, from_epoch, in_range
 from ._core.text import mask
 from ._core.windows import ROUND_TRIP_SLACK
 from ._core.windows import Windows as RefreshWindows
@@ -152,7 +152,8 @@ def local_expiry(record: TokenRecord, clock: DatabaseClock) -> datetime | None:
     """The record's expiry as this host's clock will read it (naive UTC)."""
     if record.expiry is None or not record.access_token or abs(clock.offset) < CLOCK_TOLERANCE:
         return record.expiry
-    return from_epoch(clock.to_local(record.expiry_epoch))
+    local = clock.to_local(record.expiry_epoch)
+    return from_epoch(local) if in_range(local) else record.expiry
 
 
 def hand_out(
@@ -209,10 +210,15 @@ class _LoopRefresher:
         except concurrent.futures.TimeoutError:
             future.cancel()
             raise RefreshFailedError(
-                user_id, None, f"the store's event loop did not refresh within {self._timeout:g} s"
+                user_id,
+                None,
+                f"the store's event loop did not refresh within {self._timeout:g} s",
+                cause="timeout",
             ) from None
         except concurrent.futures.CancelledError:
-            raise RefreshFailedError(user_id, None, "the refresh was cancelled") from None
+            raise RefreshFailedError(
+                user_id, None, "the refresh was cancelled", cause="busy"
+            ) from None
 
 
 class AsyncRefresher:

@@ -9,12 +9,13 @@ from typing import Any, Literal
 
 from google.oauth2.credentials import Credentials
 
-from ._core.events import EventHook, EventKind, TokenEvent
+from ._core.events import EventError, EventHook, EventKind, TokenEvent
 from ._core.status import ATTENTION_STATES, TokenState, TokenStatus
 from ._core.text import mask
 
 __all__ = [
     "ATTENTION_STATES",
+    "EventError",
     "EventHook",
     "EventKind",
     "RefreshResult",

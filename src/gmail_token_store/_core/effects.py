@@ -24,7 +24,7 @@ from typing import Any, Generic, Protocol, TypeAlias, TypeVar
 
 from .clock import ClockSample
 from .errors import ConnectionLost
-from .events import EventKind
+from .events import EventError, EventKind
 
 T = TypeVar("T")
 T_co = TypeVar("T_co", covariant=True)
@@ -172,7 +172,7 @@ class Emit:
     user_id: str
     email: str | None
     started: float  # monotonic seconds when the operation began
-    error: str | None = None
+    error: EventError | None = None
     level: int = 20  # logging.INFO
     message: str = ""
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from .events import EventError
 from .text import BadUserId, canonical_user_id, describe_user, printable
 
 __all__ = [
@@ -142,10 +143,21 @@ class OAuthClientError(_UserError):
 
 
 class RefreshFailedError(_UserError):
-    """The refresh did not happen for a passing reason; the same call may work later."""
+    """The refresh did not happen for a passing reason; the same call may work later.
+
+    `reason` says why in words (untrusted text from the endpoint may be in it); `cause`
+    names it from a fixed set (`EventError`: "timeout", "server_error", "lock_timeout",
+    "busy", ...), fit for a metric label.
+    """
 
     def __init__(
-        self, user_id: str, email: str | None, reason: str, *, retryable: bool = True
+        self,
+        user_id: str,
+        email: str | None,
+        reason: str,
+        *,
+        retryable: bool = True,
+        cause: EventError = "server_error",
     ) -> None:
         advice = "retry later" if retryable else "an operator has to look at the token endpoint"
         super().__init__(
@@ -157,6 +169,7 @@ class RefreshFailedError(_UserError):
         )
         self.reason = reason
         self.retryable = retryable
+        self.cause: EventError = cause
 
 
 # --- signals: what a shell throws into a flow (never raised to a caller as they are) -------

@@ -21,6 +21,12 @@ from typing import Any, Literal
 
 from .clock import Clock
 from .effects import Flow, HttpAnswer, PostForm, Sleep
+from .events import EVENT_ERRORS, EventError
+from .record import MAX_COLUMN_CHARS, MAX_SCOPES
+from .writes import unstorable
+
+#: The longest `scope` an answer may carry to be written back (a quarter of a column).
+MAX_SCOPE_CHARS = MAX_COLUMN_CHARS // 4
 
 _REVOKED = frozenset({"invalid_grant"})
 _CLIENT_REJECTED = frozenset({"invalid_client", "unauthorized_client", "deleted_client"})
@@ -36,6 +42,9 @@ DEFAULT_LIFETIME = 3600.0
 _MAX_LIFETIME = 7 * 86_400.0
 #: A token answer is a few hundred bytes; a longer one is not read further.
 MAX_ANSWER_BYTES = 64 * 1024
+#: Google's tokens are a few hundred characters (it documents up to 2 KiB): a longer one
+#: could not be stored in a row that stays readable (see `record.MAX_COLUMN_CHARS`).
+MAX_TOKEN_CHARS = 8 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,22 +64,26 @@ class EndpointError(Exception):
     """The token endpoint did not give a token; `kind` says who has to act.
 
     `error` and `description` may come from the endpoint: untrusted text, escaped wherever
-    it is shown (the public errors do it).
+    it is shown (the public errors do it). `cause` names the failure from a fixed set.
     """
 
-    def __init__(self, kind: FailureKind, error: str, description: str = "") -> None:
+    def __init__(
+        self, kind: FailureKind, error: str, description: str = "", *, cause: EventError
+    ) -> None:
         super().__init__(kind)
         self.kind: FailureKind = kind
         self.error = error
         self.description = description
+        self.cause: EventError = cause
 
 
 class EndpointUnreachable(Exception):
-    """Thrown into `exchange` by a store when a request got no answer at all."""
+    """Thrown into `exchange` by a shell when a request got no answer at all."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, *, timed_out: bool) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.cause: EventError = "timeout" if timed_out else "unreachable"
 
 
 def refresh_form(refresh_token: str, client_id: str, client_secret: str) -> dict[str, str]:
@@ -104,6 +117,17 @@ def _decode(body: bytes) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+def _granted_scopes(scope: Any) -> tuple[str, ...] | None:
+    """The answer's scopes, or None (the row's stay) when a row could not hold them: the
+    grant stays usable whatever the endpoint answers."""
+    if not isinstance(scope, str) or len(scope) > MAX_SCOPE_CHARS:
+        return None
+    scopes = tuple(scope.split())
+    if len(scopes) > MAX_SCOPES or unstorable(scope):
+        return None
+    return scopes
+
+
 def classify_answer(  # noqa: PLR0911 - one return per kind of answer
     answer: HttpAnswer, refresh_token: str
 ) -> Grant | EndpointError:
@@ -114,36 +138,53 @@ def classify_answer(  # noqa: PLR0911 - one return per kind of answer
         access_token = data.get("access_token")
         if isinstance(access_token, str) and access_token:
             new_refresh = data.get("refresh_token")
-            scope = data.get("scope")
+            rotated = (
+                new_refresh
+                if isinstance(new_refresh, str) and new_refresh and new_refresh != refresh_token
+                else None
+            )
+            for token in (access_token, rotated):
+                if token is not None and (len(token) > MAX_TOKEN_CHARS or unstorable(token)):
+                    return EndpointError(
+                        "rejected",
+                        "the token endpoint answered a token that cannot be stored",
+                        cause="bad_answer",
+                    )
             return Grant(
                 access_token=access_token,
-                rotated_refresh_token=(
-                    new_refresh
-                    if isinstance(new_refresh, str) and new_refresh and new_refresh != refresh_token
-                    else None
-                ),
+                rotated_refresh_token=rotated,
                 expires_in=_lifetime(data.get("expires_in")),
-                scopes=tuple(scope.split()) if isinstance(scope, str) else None,
+                scopes=_granted_scopes(data.get("scope")),
             )
     raw_error = data.get("error") if data is not None else None
     error = raw_error if isinstance(raw_error, str) else None
     raw_description = data.get("error_description") if data is not None else None
     description = raw_description if isinstance(raw_description, str) else ""
     if error in _REVOKED:
-        return EndpointError("revoked", error, description)
+        return EndpointError("revoked", error, description, cause="invalid_grant")
     if error in _CLIENT_REJECTED:
-        return EndpointError("client", error, description)
+        cause: EventError = error if error in EVENT_ERRORS else "invalid_client"  # type: ignore[assignment]
+        return EndpointError("client", error, description, cause=cause)
     if data is None:
         size = " too long" if len(answer.body) > MAX_ANSWER_BYTES else " that is not JSON"
         return EndpointError(
-            "transient", f"the token endpoint answered HTTP {status} with a body{size}"
+            "transient",
+            f"the token endpoint answered HTTP {status} with a body{size}",
+            cause="bad_answer",
         )
     if status >= 500 or status in _TRANSIENT_STATUS or error in _TRANSIENT_CODES:
         what = f"HTTP {status}" + (f" {error}" if error else "")
-        return EndpointError("transient", f"the token endpoint answered {what}", description)
+        return EndpointError(
+            "transient",
+            f"the token endpoint answered {what}",
+            description,
+            cause="rate_limited" if status == 429 else "server_error",
+        )
     if error is None and status == 200:
-        return EndpointError("transient", "the token endpoint answered without an access token")
-    return EndpointError("rejected", error or f"HTTP {status}", description)
+        return EndpointError(
+            "transient", "the token endpoint answered without an access token", cause="bad_answer"
+        )
+    return EndpointError("rejected", error or f"HTTP {status}", description, cause="rejected")
 
 
 def exchange(
@@ -164,7 +205,7 @@ def exchange(
     """
     form = refresh_form(refresh_token, client_id, client_secret)
     deadline = clock.monotonic() + 3 * http_timeout
-    failure = EndpointError("transient", "the refresh time budget is used up")
+    failure = EndpointError("transient", "the refresh time budget is used up", cause="timeout")
     for attempt in range(1, MAX_ATTEMPTS + 1):
         remaining = deadline - clock.monotonic()
         if remaining <= 0:
@@ -174,7 +215,7 @@ def exchange(
                 token_uri, form, timeout=min(http_timeout, remaining), max_bytes=MAX_ANSWER_BYTES
             )
         except EndpointUnreachable as exc:
-            failure = EndpointError("transient", exc.reason)
+            failure = EndpointError("transient", exc.reason, cause=exc.cause)
         else:
             outcome = classify_answer(answer, refresh_token)
             if isinstance(outcome, Grant):

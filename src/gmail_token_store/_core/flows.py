@@ -191,7 +191,9 @@ def refresh_shared(
         except LeaderInterrupted:
             continue
         except FlightTimeout:
-            failure = RefreshFailedError(uid, seen.email, "another thread's refresh took too long")
+            failure = RefreshFailedError(
+                uid, seen.email, "another thread's refresh took too long", cause="busy"
+            )
             break
         except RefreshFailedError as exc:
             failure = exc
@@ -201,7 +203,9 @@ def refresh_shared(
         if led or lock_wait is None or not need(record, core.db_now()):
             return record
     else:
-        failure = RefreshFailedError(uid, seen.email, "the row kept changing while we waited")
+        failure = RefreshFailedError(
+            uid, seen.email, "the row kept changing while we waited", cause="busy"
+        )
     now = core.db_now()
     if stale_ok is None or not stale_ok(seen, now):
         raise failure
@@ -210,7 +214,7 @@ def refresh_shared(
         uid,
         seen.email,
         started,
-        error=failure.reason,
+        error=failure.cause,
         level=logging.WARNING,
         message=f"serving the still-valid Gmail token of {describe_user(uid, seen.email)} "
         f"({seen.seconds_left(now):.0f} s left) because the refresh failed: {failure}",
@@ -246,7 +250,7 @@ def require_scopes(record: TokenRecord, scopes: Sequence[str] | None) -> None:
 
 def _status(core: Core, row: Sequence[Any]) -> TokenStatus:
     db_clock: float = row[-2]
-    db_local_now: datetime = row[-1]
+    db_local_now: float = row[-1]
     return classify(
         core.parse(row),
         db_now=db_clock,

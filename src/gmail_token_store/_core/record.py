@@ -63,6 +63,16 @@ def from_epoch(seconds: float) -> datetime:
     return datetime.fromtimestamp(seconds, UTC).replace(tzinfo=None)
 
 
+#: Epoch seconds of the first and the last instant a datetime can hold (years 1 to 9999).
+EARLIEST_EPOCH = epoch(datetime.min)
+LATEST_EPOCH = epoch(datetime.max)
+
+
+def in_range(seconds: float) -> bool:
+    """Can `seconds` (epoch) be a datetime? Not infinity, NaN or beyond years 1 to 9999."""
+    return EARLIEST_EPOCH <= seconds <= LATEST_EPOCH
+
+
 @dataclass(frozen=True, slots=True)
 class OAuthClient:
     """An OAuth client: the store's fallback for rows that carry none (secret masked)."""
@@ -141,8 +151,8 @@ def _decoded(text: Any, column: str) -> Any:
     """Decode a JSON column selected as text; hostile content becomes _Unreadable."""
     if text.__class__ is not str:
         return text
-    if len(text) > MAX_COLUMN_CHARS:
-        raise _Unreadable(f"{column} holds {len(text):,} characters (at most {MAX_COLUMN_CHARS:,})")
+    if len(text) > MAX_COLUMN_CHARS:  # (reads are cut one character past the limit)
+        raise _Unreadable(f"{column} holds more than {MAX_COLUMN_CHARS:,} characters")
     if text.count("[") + text.count("{") > MAX_DEPTH and _too_deep(text):
         raise _Unreadable(f"{column} is nested too deeply")
     try:
@@ -218,17 +228,37 @@ def parse_scopes(value: Any) -> tuple[str, ...] | None:
 
 
 def parse_expiry(value: Any) -> datetime | None:
-    """Return a naive-UTC expiry from a datetime or an ISO string (with or without 'Z')."""
+    """Return a naive-UTC expiry from epoch seconds (the column, as selected), a datetime or
+    an ISO string (with or without 'Z'). Infinity, a year past 9999 or an offset that
+    carries it there is unreadable, never an OverflowError."""
     if value is None or value == "":
         return None
-    if isinstance(value, datetime):
-        return utc_naive(value)
-    if isinstance(value, str):
-        try:
-            return utc_naive(datetime.fromisoformat(value.replace("Z", "+00:00")))
-        except ValueError:
-            raise _Unreadable("the expiry is not an ISO date-time") from None
+    if value.__class__ is float:
+        if not in_range(value):
+            raise _Unreadable("the expiry is out of range (infinity, or beyond year 9999)")
+        return from_epoch(value)
+    try:
+        if isinstance(value, datetime):
+            return utc_naive(value)
+        if isinstance(value, str):
+            try:
+                return utc_naive(datetime.fromisoformat(value.replace("Z", "+00:00")))
+            except ValueError:
+                raise _Unreadable("the expiry is not an ISO date-time") from None
+    except OverflowError:
+        raise _Unreadable("the expiry is out of range (beyond year 9999 in UTC)") from None
     raise _Unreadable("the expiry is not a date-time")
+
+
+def _updated_at(value: float | None, problems: list[str]) -> datetime | None:
+    """The row's updated_at (epoch seconds, as selected) as a naive datetime in the server's
+    zone, or None (and a problem) when it cannot be one."""
+    if value is None:
+        return None
+    if not in_range(value):
+        problems.append("updated_at is out of range (infinity, or beyond year 9999)")
+        return None
+    return from_epoch(value)
 
 
 def _recorded_failure(
@@ -297,6 +327,7 @@ def parse_row(row: Sequence[Any], *, fallback_client: OAuthClient = NO_CLIENT) -
         expiry = parse_expiry(row[7] if row[7] is not None else token_data.get("expiry"))
     except _Unreadable as exc:
         problems.append(str(exc))
+    updated_at = _updated_at(row[8], problems)
     if not problems and not access_token and not refresh_token:
         problems.append("token_data holds neither an access token nor a refresh token")
 
@@ -319,7 +350,7 @@ def parse_row(row: Sequence[Any], *, fallback_client: OAuthClient = NO_CLIENT) -
         scopes=scopes,
         expiry=expiry,
         expiry_epoch=epoch(expiry) if expiry is not None and access_token else -math.inf,
-        updated_at=row[8],
+        updated_at=updated_at,
         version=row[9],
         failure=_recorded_failure(metadata or {}, refresh_token),
         token_data=token_data,

@@ -125,7 +125,10 @@ def _lock(
     except LockWaitTimeout:
         yield from Emit("lock_timeout", uid, email, started, error="lock_timeout")
         raise RefreshFailedError(
-            uid, email, f"another process held the row lock for more than {lock_wait or 0:g} s"
+            uid,
+            email,
+            f"another process held the row lock for more than {lock_wait or 0:g} s",
+            cause="lock_timeout",
         ) from None
     if locked.row is None or locked.clock is None:
         if lock_wait is None:
@@ -156,8 +159,17 @@ def _request(core: Core, record: TokenRecord, started: float) -> Flow[Grant]:
     except EndpointError as exc:
         if exc.kind == "revoked":
             raise (yield from _record_revocation(core, record, exc, started)) from None
-        yield from Emit("refresh_failed", record.user_id, record.email, started, error=exc.error)
-        raise _endpoint_failure(record, exc) from None
+        failure = _endpoint_failure(record, exc)
+        yield from Emit(
+            "refresh_failed",
+            record.user_id,
+            record.email,
+            started,
+            error=exc.cause,
+            level=logging.INFO,
+            message=str(failure),
+        )
+        raise failure from None
 
 
 def _write_back(
@@ -277,7 +289,9 @@ def save_kept(  # noqa: PLR0911 - one return per outcome, each commented
         if kept is None:
             return None
         try:
-            rows = yield from Query(Statement.READ_ROW, {"user_id": user_id}, user_id=user_id)
+            rows = yield from once_more_if_lost(
+                Query(Statement.READ_ROW, {"user_id": user_id}, user_id=user_id)
+            )
             if not rows:
                 core.kept.forget(user_id, kept.access_token)
                 yield from Log(
@@ -351,7 +365,7 @@ def _record_revocation(
         record.user_id,
         record.email,
         started,
-        error=exc.error,
+        error="invalid_grant",
         level=logging.WARNING,
         message=str(error),
     )
@@ -363,5 +377,9 @@ def _endpoint_failure(record: TokenRecord, exc: EndpointError) -> TokenStoreErro
         return OAuthClientError(record.user_id, record.email, exc.error, exc.description)
     detail = f" ({exc.description})" if exc.description else ""
     return RefreshFailedError(
-        record.user_id, record.email, exc.error + detail, retryable=exc.kind == "transient"
+        record.user_id,
+        record.email,
+        exc.error + detail,
+        retryable=exc.kind == "transient",
+        cause=exc.cause,
     )

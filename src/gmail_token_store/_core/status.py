@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from .policy import TokenUriPolicy, unusable_because
-from .record import TokenRecord
+from .record import TokenRecord, epoch
 from .windows import Windows
 
 TokenState = Literal[
@@ -98,7 +98,7 @@ def classify(
     record: TokenRecord,
     *,
     db_now: float,
-    db_local_now: datetime,
+    db_local_now: float,
     windows: Windows,
     policy: TokenUriPolicy,
 ) -> TokenStatus:
@@ -106,13 +106,18 @@ def classify(
 
     Args:
         db_now: the database's clock (epoch seconds) when the row was read.
-        db_local_now: the database's LOCALTIMESTAMP then; `updated_at` is written in the
-            server's zone by every writer, so idleness is measured in it.
+        db_local_now: the database's LOCALTIMESTAMP then, in epoch seconds taken nominally
+            like `updated_at`'s: every writer writes `updated_at` in the server's zone, so
+            idleness is measured in it.
     """
     left = record.seconds_left(db_now)
     problem = unusable_because(record, policy)
     reauth = record.reauth_reason if problem is None else None
-    since_refresh = db_local_now - record.updated_at if record.updated_at is not None else None
+    since_refresh = (
+        timedelta(seconds=db_local_now - epoch(record.updated_at))
+        if record.updated_at is not None
+        else None
+    )
     state: TokenState
     if problem:
         state = "broken"

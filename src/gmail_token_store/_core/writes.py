@@ -7,24 +7,70 @@ from; every key and column we do not own left alone.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from .record import FAILURE_KEY, GOOGLE_TOKEN_URI, TokenRecord, fingerprint, utc_naive
+from .record import (
+    FAILURE_KEY,
+    GOOGLE_TOKEN_URI,
+    MAX_COLUMN_CHARS,
+    TokenRecord,
+    fingerprint,
+    utc_naive,
+)
 
 
 class UnwritableError(ValueError):
-    """A value read from the row cannot be written back as JSON (nested too deeply)."""
+    """A value cannot be written as JSON: nested too deeply, too long, or holding text
+    PostgreSQL refuses. The message never quotes the value."""
+
+
+# NUL, which PostgreSQL's text and jsonb refuse, and lone UTF-16 surrogates, which cannot
+# be encoded (json.dumps writes them as escapes the server then rejects).
+_REFUSED_TEXT = re.compile("[\x00\ud800-\udfff]")
+
+
+def unstorable(text: str | None) -> bool:
+    """Does `text` hold a character PostgreSQL cannot store (NUL, a lone surrogate)?"""
+    return text is not None and _REFUSED_TEXT.search(text) is not None
 
 
 def to_json(value: Any) -> str:
-    """Encode a column value as JSON text for a `%s::jsonb` parameter."""
+    """Encode a column value as JSON text for a `%s::jsonb` parameter.
+
+    Refused before any write, so that the server's error (which quotes the JSON, secrets
+    included) never happens: text PostgreSQL cannot store, and JSON longer than a read
+    accepts (a row we wrote must stay readable).
+    """
+    if _holds_unstorable_text(value):
+        raise UnwritableError("a value holds a NUL or a lone surrogate, which PostgreSQL refuses")
     try:
-        return json.dumps(value, separators=(",", ":"))
+        text = json.dumps(value, separators=(",", ":"))
     except (RecursionError, ValueError):
         raise UnwritableError("a JSON column is nested too deeply to be written back") from None
+    if len(text) > MAX_COLUMN_CHARS:
+        raise UnwritableError(f"a JSON column would hold more than {MAX_COLUMN_CHARS:,} characters")
+    return text
+
+
+def _holds_unstorable_text(value: Any) -> bool:
+    """Does any key or string inside `value` hold text PostgreSQL refuses? (Iterative: the
+    value may be nested deeper than the interpreter's recursion limit.)"""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            if _REFUSED_TEXT.search(item):
+                return True
+        elif isinstance(item, Mapping):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, list | tuple):
+            pending.extend(item)
+    return False
 
 
 def optional_json(value: Any) -> str | None:

@@ -247,7 +247,9 @@ class AsyncShell:
         try:
             async with (
                 asyncio.timeout(effect.timeout),
-                http.stream("POST", effect.url, data=effect.form) as response,
+                http.stream(
+                    "POST", effect.url, data=effect.form, timeout=effect.timeout
+                ) as response,
             ):
                 body = bytearray()
                 async for chunk in response.aiter_bytes():
@@ -256,7 +258,8 @@ class AsyncShell:
                         break
                 return HttpAnswer(response.status_code, bytes(body))
         except Exception as exc:  # TimeoutError from asyncio.timeout included
-            raise unreachable(exc) from None
+            failure = unreachable(exc)
+        raise failure  # (outside the except: the driver's error is not its context)
 
     async def _shared(self, effect: Shared[Any]) -> tuple[Any, bool]:
         return await self.resources.get().flights.run(

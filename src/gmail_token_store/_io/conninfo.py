@@ -48,10 +48,13 @@ def conninfo_from(conninfo: object) -> Conninfo:
     try:
         params = psycopg.conninfo.conninfo_to_dict(conninfo)
     except psycopg.Error:
-        # libpq's parse errors quote the DSN, password included: never chain them.
+        params = None
+    if params is None:
+        # libpq's parse errors quote the DSN, password included: never chained, nor made the
+        # context (raised outside the except).
         raise ConfigurationError(
             "the database DSN cannot be parsed (not shown: it may contain a password)"
-        ) from None
+        )
     merged = {**TCP_DEFAULTS, **{key: value for key, value in params.items() if value is not None}}
     password = params.get("password")
     return Conninfo(

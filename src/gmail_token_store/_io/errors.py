@@ -48,13 +48,20 @@ _LOST_CODES = frozenset(
 )
 
 
-def _summary(exc: BaseException) -> str:
+def _summary(exc: psycopg.Error) -> str:
+    """What went wrong, in words that cannot quote a value: a statement's error (it has a
+    SQLSTATE) is named by its class, since the server's message and detail may quote the
+    parameters (a token); a connection's error (no SQLSTATE) is libpq's first line."""
+    if exc.sqlstate:
+        return f"{type(exc).__name__}, SQLSTATE {printable(exc.sqlstate, 5)}"
     text = str(exc).strip().splitlines()
     first = text[0] if text else ""
     return printable(f"{type(exc).__name__}: {first}" if first else type(exc).__name__, 160)
 
 
-def database_error(exc: psycopg.Error, privilege: str | None = None) -> TokenStoreError:
+def database_error(  # noqa: PLR0911 - one return per kind of failure
+    exc: psycopg.Error, privilege: str | None = None
+) -> TokenStoreError:
     """Return the error to raise for a psycopg error raised by a statement that needs
     `privilege` on the table (None: a commit, or unknown)."""
     if isinstance(exc, psycopg.errors.LockNotAvailable):
@@ -71,6 +78,12 @@ def database_error(exc: psycopg.Error, privilege: str | None = None) -> TokenSto
             "production schema (see `gmail-token-store init-db`)"
         )
     if isinstance(exc, psycopg.errors.InsufficientPrivilege):
+        if "row-level security" in (exc.diag.message_primary or ""):
+            # The same words whether or not the row exists: no oracle for other services.
+            return ConfigurationError(
+                f"row-level security on {TABLE} does not let this database role write this "
+                "user's grant (map the user to the role in the policy's table)"
+            )
         privilege = privilege or "SELECT, INSERT, UPDATE"
         return ConfigurationError(
             f"the database role may not do this on {TABLE}: it needs the {privilege} "
@@ -89,8 +102,7 @@ def database_error(exc: psycopg.Error, privilege: str | None = None) -> TokenSto
         )
         return ConnectionLost(f"the database connection failed ({why}); retry later")
     return DatabaseUnavailableError(
-        f"the database refused a statement (SQLSTATE {printable(sqlstate or '?', 5)}: "
-        f"{_summary(exc)}); retry later"
+        f"the database refused a statement ({_summary(exc)}); retry later"
     )
 
 
@@ -205,5 +217,5 @@ def expect_user(row: tuple[object, ...] | None, user_id: str | None) -> None:
 def unreachable(exc: Exception) -> EndpointUnreachable:
     """What a shell throws into `exchange` when its HTTP client raised `exc`."""
     if isinstance(exc, httpx.TimeoutException | TimeoutError):
-        return EndpointUnreachable("the token endpoint did not answer in time")
-    return EndpointUnreachable("the token endpoint could not be reached")
+        return EndpointUnreachable("the token endpoint did not answer in time", timed_out=True)
+    return EndpointUnreachable("the token endpoint could not be reached", timed_out=False)

@@ -26,6 +26,7 @@ def announce(emit: Emit, hook: EventHook | None, now: float) -> None:
         email=emit.email,
         duration=max(now - emit.started, 0.0),
         error=emit.error,
+        message=emit.message,
     )
     try:
         hook(event)

@@ -158,12 +158,15 @@ class PoolAdapter:
             )
         try:
             conn: Connection = self._pool.getconn(timeout=self._connect_timeout)
-        except PoolTimeout as exc:
-            raise DatabaseUnavailableError(
-                f"no database connection from the service's pool within "
-                f"{self._connect_timeout:g} s; retry later"
-            ) from exc
-        return conn
+        except PoolTimeout:
+            pass
+        else:
+            return conn
+        # (raised outside the except: the pool's error is not its context)
+        raise DatabaseUnavailableError(
+            f"no database connection from the service's pool within "
+            f"{self._connect_timeout:g} s; retry later"
+        )
 
     def putconn(self, conn: Connection) -> None:
         self._pool.putconn(conn)

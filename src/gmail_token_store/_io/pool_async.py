@@ -173,12 +173,15 @@ class AsyncPoolAdapter:
             )
         try:
             conn: AsyncConnection = await self._pool.getconn(timeout=self._connect_timeout)
-        except PoolTimeout as exc:
-            raise DatabaseUnavailableError(
-                f"no database connection from the service's pool within "
-                f"{self._connect_timeout:g} s; retry later"
-            ) from exc
-        return conn
+        except PoolTimeout:
+            pass
+        else:
+            return conn
+        # (raised outside the except: the pool's error is not its context)
+        raise DatabaseUnavailableError(
+            f"no database connection from the service's pool within "
+            f"{self._connect_timeout:g} s; retry later"
+        )
 
     async def putconn(self, conn: AsyncConnection) -> None:
         await self._pool.putconn(conn)

@@ -22,6 +22,7 @@ import httpx
 from .._core.errors import TokenStoreError
 from . import fork
 from .flight import AsyncSingleFlight, SingleFlight
+from .http import async_client, sync_client
 from .pool import Pool, PoolAdapter
 from .pool_async import AsyncPool, AsyncPoolAdapter
 
@@ -56,10 +57,7 @@ class Resources:
             opened = self._opened
             if opened is None or opened.pid != os.getpid():
                 fork.inherit(opened)  # (a pid mismatch here: forked without at-fork hooks)
-                http = httpx.Client(
-                    limits=httpx.Limits(max_connections=self._max_connections),
-                    follow_redirects=False,
-                )
+                http = sync_client(self._max_connections)
                 opened = self._opened = Opened(self._make_pool(), http)
             return opened
 
@@ -86,11 +84,7 @@ class Resources:
 @dataclass(slots=True)
 class AsyncOpened:
     """What an AsyncTokenStore uses inside one event loop: the pool (shared by every loop
-    of the process), and the loop's own HTTP client and single flight.
-
-    The HTTP client keeps no idle connections: a kept-alive socket belongs to the loop that
-    opened it, and a store may outlive a loop (a new asyncio.run, a forked worker).
-    """
+    of the process), and the loop's own HTTP client and single flight."""
 
     pool: AsyncPool | AsyncPoolAdapter
     http: httpx.AsyncClient
@@ -130,13 +124,7 @@ class AsyncResources:
                 pool = self._pool = self._make_pool()
             opened = self._loops.get(loop)
             if opened is None:
-                http = httpx.AsyncClient(
-                    limits=httpx.Limits(
-                        max_connections=self._max_connections, max_keepalive_connections=0
-                    ),
-                    follow_redirects=False,
-                )
-                opened = self._loops[loop] = AsyncOpened(pool, http)
+                opened = self._loops[loop] = AsyncOpened(pool, async_client(self._max_connections))
             # The loop is referenced weakly everywhere else; this one is dropped with it
             # when another loop takes its place.
             self._current = (loop, opened)

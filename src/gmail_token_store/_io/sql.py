@@ -2,7 +2,9 @@
 
 The core names the statements it needs (`Statement`); `SQL` gives each its text and the
 table privilege it needs (named in a permission error). Reads select the JSONB columns as
-text and decode them in `_core.record` (psycopg's JSONB loader
+text, cut one character past the longest a column may be (`_core.record.MAX_COLUMN_CHARS`:
+a 150 MB column is never fetched whole, and is refused as too long), and decode them in
+`_core.record` (psycopg's JSONB loader
 costs a few microseconds per column on the hot path), the row version (`xmin`, which every
 write changes whatever the layout of the row, JSON text included) and the database's own
 clock (`statement_timestamp()`), so that freshness is judged by one clock for every host
@@ -21,6 +23,7 @@ from typing import Any
 from psycopg import sql
 
 from .._core.effects import Effect, Execute, LockRow, Query, ReadRow, Statement
+from .._core.record import MAX_COLUMN_CHARS
 
 TABLE = "gmail_token"
 
@@ -33,18 +36,26 @@ class Sql:
     privilege: str
 
 
-#: Row layout of every read (see `_core.record.parse_row`): ten columns, then the extras below.
+def _json_text(column: str) -> str:
+    return f"left({column}::text, {MAX_COLUMN_CHARS + 1})"
+
+
+#: Row layout of every read (see `_core.record.parse_row`): eleven columns, then the extras
+#: below. Timestamps are seconds since the epoch (a timestamp column's nominally, as UTC):
+#: 'infinity' or a year past 9999 is a float the core refuses, never a value the driver
+#: cannot load (which would stop every listing at that row).
 COLUMNS = (
-    "id, user_id::text, robeing_id, token_data::text, oauth_config::text, scopes::text,"
-    " metadata::text, expiry, updated_at, xmin::text"
+    f"id, user_id::text, robeing_id, {_json_text('token_data')}, {_json_text('oauth_config')},"
+    f" {_json_text('scopes')}, {_json_text('metadata')}, extract(epoch from expiry)::float8,"
+    " extract(epoch from updated_at)::float8, xmin::text, CASE WHEN false THEN expiry END"
 )
-#: Index of the expiry column in COLUMNS (its type, timestamp or timestamptz, decides how
-#: an expiry is written back).
-EXPIRY_COLUMN = 7
+#: Index of the always-NULL column typed like `expiry` in COLUMNS: its type, timestamp or
+#: timestamptz, decides how an expiry is written back.
+EXPIRY_COLUMN = 10
 #: The database's clock as seconds since the epoch, appended to every read.
 _DB_CLOCK = "extract(epoch from statement_timestamp())::float8"
 #: ... and its wall clock in its own time zone, which `updated_at` is written in.
-_DB_LOCAL_TIME = "LOCALTIMESTAMP"
+_DB_LOCAL_TIME = "extract(epoch from LOCALTIMESTAMP)::float8"
 
 #: The hot path: one row by user id, and the database's clock.
 READ_ROW = Sql(

@@ -44,6 +44,7 @@ from .._core.events import EventHook
 from .conninfo import Conninfo
 from .errors import database_error, expect_user, unreachable
 from .events import announce, logger
+from .http import deadline
 from .pool import Connection, Pool, PoolAdapter, hot_cursor
 from .resources import Resources
 from .sql import EXPIRY_COLUMN, READ_ROW, SQL, lock_row, privilege, timestamptz_column
@@ -241,10 +242,14 @@ class SyncShell:
     # --- the token endpoint and the single flight ------------------------------------------
 
     def _post_form(self, effect: PostForm) -> HttpAnswer:
+        http = self.resources.get().http
         try:
-            with self.resources.get().http.stream(
-                "POST", effect.url, data=effect.form, timeout=effect.timeout
-            ) as response:
+            with (
+                deadline(effect.timeout),
+                http.stream(
+                    "POST", effect.url, data=effect.form, timeout=effect.timeout
+                ) as response,
+            ):
                 body = bytearray()
                 for chunk in response.iter_bytes():
                     body += chunk
@@ -252,7 +257,8 @@ class SyncShell:
                         break
                 return HttpAnswer(response.status_code, bytes(body))
         except Exception as exc:
-            raise unreachable(exc) from None
+            failure = unreachable(exc)
+        raise failure  # (outside the except: the driver's error is not its context)
 
     def _shared(self, effect: Shared[Any]) -> tuple[Any, bool]:
         return self.resources.get().flights.run(

@@ -98,10 +98,15 @@ class _Account:
             with os.fdopen(fd, "w") as file:
                 file.write(
                     "#!/bin/sh\n"
-                    "# PostgreSQL and PgBouncer refuse to run as root: run them as postgres.\n"
+                    "# PostgreSQL and PgBouncer refuse to run as root: run them as postgres,\n"
+                    "# with a fresh environment (root's may hold a CI job's secrets, which\n"
+                    "# the postgres account could read in /proc); only a password passed for\n"
+                    "# pg_basebackup and the locale go through.\n"
                     "cd /\n"
                     f"exec setpriv --reuid={self.uid} --regid={self.gid} --init-groups"
-                    f' -- {shlex.quote(binary)} "$@"\n'
+                    " --reset-env -- /usr/bin/env LC_ALL=C.UTF-8"
+                    ' ${PGPASSWORD:+"PGPASSWORD=$PGPASSWORD"}'
+                    f' {shlex.quote(binary)} "$@"\n'
                 )
             self._wrappers[binary] = str(wrapper)
         return self._wrappers[binary]
