@@ -303,8 +303,10 @@ def test_list_shows_every_state_and_needs_attention_is_the_alert(
         "STATE",
         "LEFT",
         "LAST_REFRESH",
+        "ACCOUNT",
     ]
     assert "5 grants, 3 need attention" in table.stdout
+    assert all(line.rstrip().endswith("unverified") for line in table.stdout.splitlines()[1:6])
 
 
 def test_needs_attention_exits_0_when_all_is_well(cli: Cli, seed: SeedRow) -> None:
@@ -502,13 +504,16 @@ def test_authorize_runs_the_consent_flow_with_the_test_as_the_browser(
     assert token_data["access_token"] == exchange.issued_access_token
     assert token_data["refresh_token"].startswith("1//fake-refresh-")
     cli.secrets.add(token_data["refresh_token"])
-    assert scopes == [GMAIL_SEND]
+    assert set(scopes) == {GMAIL_SEND, "openid", "email"}  # the account is verified too
     assert metadata["email"] == "passport@gmail.com"
+    assert metadata["google_account_id"] == account.sub and metadata["account_verified"] is True
     assert oauth_config["token_uri"] == endpoint.token_uri
 
 
 def test_authorize_without_a_redirect_times_out_in_one_line(cli: Cli, client_secrets: Path) -> None:
-    result = cli(*authorize(client_secrets, str(uuid.uuid4()), "--timeout", "1"))
+    result = cli(
+        *authorize(client_secrets, str(uuid.uuid4()), "--email", "a@gmail.com", "--timeout", "1")
+    )
     assert result.returncode == 1
     assert "no authorization arrived within 1 s" in one_line(result.stderr)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import stat
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypedDict
@@ -188,3 +189,37 @@ def options_from_env(options: StoreOptions) -> StoreOptions:
         merged["allow_loopback_token_uri"] = flag == "1"
     merged.update(options)
     return merged
+
+
+#: A configuration file (client secrets, keys) is a few KiB; a bigger one is not read.
+MAX_FILE_BYTES = 1024 * 1024
+
+
+class FileRefused(ValueError):
+    """A file is not a regular file of at most the allowed size; the message says which."""
+
+
+def read_small_file(path: str | os.PathLike[str], limit: int = MAX_FILE_BYTES) -> bytes:
+    """The bytes of a regular file of at most `limit` bytes.
+
+    Opened without blocking (a FIFO would wait for a writer forever), checked to be a
+    regular file (not /dev/zero, a socket or a directory), and read no further than one
+    byte past the limit (a file that grows while read is refused too).
+
+    Raises:
+        FileRefused: not a regular file, or too big. OSError: cannot be opened.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise FileRefused("it is not a regular file")
+        chunks: list[bytes] = []
+        size = 0
+        while size <= limit and (chunk := os.read(fd, limit + 1 - size)):
+            chunks.append(chunk)
+            size += len(chunk)
+    finally:
+        os.close(fd)
+    if size > limit:
+        raise FileRefused(f"it is bigger than {limit:,} bytes")
+    return b"".join(chunks)

@@ -1,46 +1,67 @@
-"""Re-authorization: google-auth-oauthlib's installed-app flow, stored with TokenStore.save.
+"""`authorize`: the consent flow run by an operator, with a loopback redirect.
 
-Asks for offline access with a consent prompt, so Google always returns a refresh token
-(without `prompt=consent` a second consent returns none). The default scope is gmail.send:
-the "passport" consent, which the login consent lacks.
+The same `ConsentFlow` as the web's (offline access, a consent prompt, `openid email`,
+PKCE, the ID token's account checked, saved under the row lock); only the callback is a
+one-shot HTTP server on 127.0.0.1 that this command runs while it waits. The account
+must be the row's (by Google account id, else email), or `--email` for a new row.
+
+Bounded whatever a local client does: the server reads each request with a short
+timeout and the whole wait ends at `--timeout`. Nothing touches `os.environ`.
 """
 
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Sequence
+import secrets
+import threading
+import time
+import webbrowser
+from collections.abc import Mapping, Sequence
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
-
-from google.oauth2.credentials import Credentials
-from google_auth_oauthlib.flow import InstalledAppFlow, WSGITimeoutError
+from urllib.parse import parse_qs, urlsplit
 
 from .. import GMAIL_SEND, TokenStore
-from .._core.policy import is_loopback
-from ..exceptions import ConfigurationError, InsufficientScopesError
+from .._options import read_small_file
+from ..consent import CALLBACK_PATH, ConsentFlow, ConsentResult
+from ..exceptions import ConfigurationError
+
+#: The longest a local client may take to send its request (seconds).
+_REQUEST_TIMEOUT = 5.0
 
 
-def _client_config(path: Path) -> dict[str, Any]:
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise ConfigurationError(
-            f"cannot read client secrets file {path}: {exc.strerror}"
-        ) from None
-    try:
-        config = json.loads(raw)
-    except ValueError:
-        raise ConfigurationError(f"client secrets file {path.name} is not JSON") from None
-    if not isinstance(config, dict) or not any(
-        isinstance(config.get(kind), dict) for kind in ("installed", "web")
-    ):
-        raise ConfigurationError(
-            f"client secrets file {path.name} has no 'installed' or 'web' client "
-            "(download it from the Google Cloud console: OAuth client ID, Desktop app)"
-        )
-    return config
+class _Callback(BaseHTTPRequestHandler):
+    server: _OneShot
+    timeout = _REQUEST_TIMEOUT  # per socket read: a client that sends nothing is dropped
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Silence the per-request stderr line."""
+
+    def do_GET(self) -> None:
+        parts = urlsplit(self.path)
+        if parts.path != CALLBACK_PATH or self.server.query is not None:
+            self._answer(404, "Not the consent callback.")
+            return
+        self.server.query = {key: values[0] for key, values in parse_qs(parts.query).items()}
+        self.server.answered.wait(timeout=60)
+        self._answer(200, self.server.message)
+
+    def _answer(self, status: int, text: str) -> None:
+        body = text.encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "text/plain; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+class _OneShot(HTTPServer):
+    def __init__(self, port: int) -> None:
+        super().__init__(("127.0.0.1", port), _Callback)
+        self.query: dict[str, str] | None = None
+        self.message = ""
+        self.answered = threading.Event()
 
 
 def authorize(
@@ -53,51 +74,89 @@ def authorize(
     open_browser: bool,
     timeout: float,
     port: int = 0,
-) -> Credentials:
-    """Run the consent flow for one user and store the grant; return it.
+) -> ConsentResult:
+    """Run the consent for one user and store the grant.
 
-    With `open_browser=False` the authorization URL is printed to stdout and the flow waits
-    (at most `timeout` seconds) for the browser's redirect to a loopback port.
+    The authorization URL is printed (and opened, with `open_browser`); the browser's
+    redirect to the loopback port completes the consent.
 
     Raises:
-        ConfigurationError: unusable client secrets file or refused token_uri.
-        InsufficientScopesError: the user did not grant every requested scope.
-        TimeoutError: no redirect arrived in time.
+        ConfigurationError: an unusable client secrets file, a refused token_uri, or a new
+            user without `email`. TimeoutError: no redirect arrived in time.
+        ConsentError and its subclasses: declined, another account, a scope not granted.
     """
-    config = _client_config(client_secrets)
-    client = config.get("installed") or config["web"]
-    token_uri = str(client.get("token_uri", ""))
+    client = _client(client_secrets)
+    token_uri = str(client.get("token_uri") or "https://oauth2.googleapis.com/token")
     refusal = store.token_uri_problem(token_uri)
     if refusal:
         raise ConfigurationError(f"client secrets file {client_secrets.name}: {refusal}")
-    if is_loopback(urlsplit(token_uri).hostname) and token_uri.startswith("http:"):
-        # oauthlib refuses plain http unless told; our policy allows it on loopback only
-        # (emulators and tests), and the check above has already enforced that.
-        os.environ["OAUTHLIB_INSECURE_TRANSPORT"] = "1"
-    # Google may add or drop scopes (granular consent); we compare ourselves below.
-    os.environ["OAUTHLIB_RELAX_TOKEN_SCOPE"] = "1"
-
-    flow = InstalledAppFlow.from_client_config(config, scopes=list(scopes))
-    extra: dict[str, str] = {"access_type": "offline", "prompt": "consent"}
-    if email:
-        extra["login_hint"] = email
-    try:
-        credentials: Credentials = flow.run_local_server(
-            host="localhost",
-            port=port,
-            open_browser=open_browser,
-            authorization_prompt_message="Open this URL in a browser to authorize Gmail:\n{url}",
-            success_message="Gmail access granted. You can close this window.",
-            timeout_seconds=timeout,
-            **extra,
+    if email is None and store.check(user_id).status != "found":
+        raise ConfigurationError(
+            f"user {user_id} has no grant yet: pass --email, the Gmail address that must consent"
         )
-    except WSGITimeoutError:
-        raise TimeoutError(f"no authorization arrived within {timeout:g} s") from None
-    granted = set(credentials.granted_scopes or credentials.scopes or ())
-    missing = [scope for scope in scopes if scope not in granted]
-    if missing:
-        raise InsufficientScopesError(user_id, email, missing)
-    store.save(
-        user_id, credentials, email=email, metadata={"authorized_by": "gmail-token-store authorize"}
-    )
-    return credentials
+    deadline = time.monotonic() + timeout
+    with _OneShot(port) as server:
+        bound = server.server_address[1]
+        flow = ConsentFlow(
+            store,
+            client_id=str(client["client_id"]),
+            client_secret=str(client["client_secret"]),
+            redirect_uri=f"http://127.0.0.1:{bound}{CALLBACK_PATH}",
+            start_url=f"http://127.0.0.1:{bound}/",  # (no start route: the URL is printed)
+            secret=secrets.token_urlsafe(32),
+            scopes=scopes,
+            auth_uri=str(client.get("auth_uri") or "https://accounts.google.com/o/oauth2/v2/auth"),
+            token_uri=token_uri,
+        )
+        start = flow.start_for(user_id, expect_email=email)
+        print(f"Open this URL in a browser to authorize Gmail:\n{start.authorization_url}")
+        if open_browser:
+            webbrowser.open(start.authorization_url)
+        serving = threading.Thread(target=_serve, args=(server, deadline), daemon=True)
+        serving.start()
+        try:
+            while server.query is None:
+                if time.monotonic() >= deadline:
+                    raise TimeoutError(f"no authorization arrived within {timeout:g} s")
+                time.sleep(0.05)
+            try:
+                result = flow.complete(server.query, binding=start.binding)
+            except Exception as exc:
+                server.message = f"Gmail was not connected: {exc}"
+                raise
+            server.message = "Gmail access granted. You can close this window."
+        finally:
+            server.answered.set()
+            serving.join(timeout=_REQUEST_TIMEOUT)  # the browser gets its answer first
+    return result
+
+
+def _serve(server: _OneShot, deadline: float) -> None:
+    """Handle requests until the callback arrived, at most until `deadline`."""
+    while server.query is None and time.monotonic() < deadline:
+        server.timeout = max(min(0.5, deadline - time.monotonic()), 0.01)
+        server.handle_request()
+
+
+def _client(path: Path) -> Mapping[str, Any]:
+    try:
+        config = json.loads(read_small_file(path))
+    except OSError as exc:
+        raise ConfigurationError(
+            f"cannot read client secrets file {path}: {exc.strerror}"
+        ) from None
+    except ValueError:
+        raise ConfigurationError(f"client secrets file {path.name} is not a JSON file") from None
+    client = None
+    if isinstance(config, dict):
+        client = config.get("installed") or config.get("web")
+    if (
+        not isinstance(client, dict)
+        or not client.get("client_id")
+        or not client.get("client_secret")
+    ):
+        raise ConfigurationError(
+            f"client secrets file {path.name} has no 'installed' or 'web' client "
+            "(download it from the Google Cloud console: OAuth client ID, Desktop app)"
+        )
+    return client

@@ -12,11 +12,13 @@ import argparse
 import io
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TextIO
+from urllib.parse import urlsplit
 
 from .. import (
     GMAIL_SEND,
@@ -33,6 +35,7 @@ from .token_file import TokenFileError, read_token_file
 
 PROG = "gmail-token-store"
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+DAY = 86_400
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -120,8 +123,7 @@ def _import(args: argparse.Namespace) -> int:
 
 
 def _authorize(args: argparse.Namespace) -> int:
-    # Imported here: google-auth-oauthlib is only needed by this command.
-    from .authorize import authorize  # noqa: PLC0415
+    from .authorize import authorize  # noqa: PLC0415 - the consent flow: only this command
 
     with _store(args) as store:
         try:
@@ -139,6 +141,60 @@ def _authorize(args: argparse.Namespace) -> int:
             raise _Failure(f"{exc}; nothing was stored") from None
         _say_stored("authorized", store.check(args.user_id))
     return EXIT_OK
+
+
+def _reconnect_link(args: argparse.Namespace) -> int:
+    from ..consent import reconnect_link  # noqa: PLC0415
+
+    _say(
+        reconnect_link(
+            args.user_id,
+            secret=_secret(),
+            public_url=_public_url(args.public_url),
+            valid_for=args.valid_days * DAY,
+        )
+    )
+    return EXIT_OK
+
+
+def _serve(args: argparse.Namespace) -> int:
+    try:
+        from . import serve  # noqa: PLC0415 - needs the web extra
+    except ImportError:
+        raise _Failure(
+            "serve needs the web extra (Starlette, uvicorn): pip install 'gmail-token-store[web]'"
+        ) from None
+
+    serve.run(
+        client_secrets=args.client_secrets,
+        public_url=_public_url(args.public_url),
+        secret=_secret(),
+        dsn=args.dsn,
+        host=args.host,
+        port=args.port,
+    )
+    return EXIT_OK
+
+
+def _secret() -> str:
+    secret = os.environ.get("GMAIL_TOKEN_STORE_SECRET", "")
+    if len(secret) < 32:
+        raise _Failure(
+            "set GMAIL_TOKEN_STORE_SECRET to a random secret of at least 32 characters "
+            "(it signs reconnect links and consent states; e.g. `openssl rand -base64 32`)"
+        )
+    return secret
+
+
+def _public_url(url: str | None) -> str:
+    found = url or os.environ.get("GMAIL_TOKEN_STORE_PUBLIC_URL", "")
+    parts = urlsplit(found)
+    if parts.scheme not in ("https", "http") or not parts.netloc or parts.query:
+        raise _Failure(
+            "give --public-url (or GMAIL_TOKEN_STORE_PUBLIC_URL): the URL the service is "
+            "reached at, e.g. https://mail.example.com"
+        )
+    return found.rstrip("/")
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -173,7 +229,7 @@ _CELL = 40
 
 
 def _table(statuses: Sequence[TokenStatus]) -> str:
-    header = ("USER_ID", "EMAIL", "ROBEING", "STATE", "LEFT", "LAST_REFRESH")
+    header = ("USER_ID", "EMAIL", "ROBEING", "STATE", "LEFT", "LAST_REFRESH", "ACCOUNT")
     rows = [
         (
             printable(status.user_id, _CELL),
@@ -182,6 +238,7 @@ def _table(statuses: Sequence[TokenStatus]) -> str:
             status.state,
             _time_left(status),
             status.last_refreshed.strftime("%Y-%m-%d %H:%M") if status.last_refreshed else "-",
+            "verified" if status.account_verified else "unverified",
         )
         for status in statuses
     ]
@@ -288,7 +345,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command("import", _import, "store a token.json (authorized-user JSON) as a user's grant")
     sub.add_argument("file", type=Path, help="the authorized-user JSON file")
     sub.add_argument("--user-id", type=_user_id, required=True, help="the user's UUID")
-    sub.add_argument("--email", help="the Gmail address, stored in metadata")
+    sub.add_argument(
+        "--email", help="the Gmail address, stored in metadata (as unverified: a file proves none)"
+    )
     sub.add_argument("--robeing-id", help="stored in the robeing_id column")
 
     sub = command(
@@ -296,7 +355,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub.add_argument("--client-secrets", type=Path, required=True, help="OAuth client secrets JSON")
     sub.add_argument("--user-id", type=_user_id, required=True, help="the user's UUID")
-    sub.add_argument("--email", help="the Gmail address (login hint, stored in metadata)")
+    sub.add_argument(
+        "--email",
+        help="the Gmail address that must consent (required for a user without a grant; "
+        "a user with one must consent with the same Google account)",
+    )
     sub.add_argument(
         "--scopes",
         nargs="+",
@@ -317,6 +380,39 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument(
         "--port", type=int, default=0, help="loopback port for the redirect (default: any)"
     )
+
+    sub = command(
+        "reconnect-link",
+        _reconnect_link,
+        "print a signed link that lets the user connect Gmail again (the web consent)",
+    )
+    sub.add_argument("user_id", type=_user_id, metavar="USER_ID")
+    sub.add_argument(
+        "--public-url",
+        metavar="URL",
+        help="the service's URL (default: $GMAIL_TOKEN_STORE_PUBLIC_URL); the signing secret "
+        "is $GMAIL_TOKEN_STORE_SECRET",
+    )
+    sub.add_argument(
+        "--valid-days",
+        type=_positive_float,
+        default=7.0,
+        metavar="N",
+        help="days the link stays valid (default: 7)",
+    )
+
+    sub = command("serve", _serve, "serve the web consent (and API) on uvicorn")
+    sub.add_argument(
+        "--client-secrets", type=Path, required=True, help="the web client's secrets JSON"
+    )
+    sub.add_argument(
+        "--public-url",
+        metavar="URL",
+        help="the URL browsers reach this server at, behind its TLS proxy (default: "
+        "$GMAIL_TOKEN_STORE_PUBLIC_URL); Google's redirect URI is URL/auth/gmail/callback",
+    )
+    sub.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    sub.add_argument("--port", type=int, default=8000, help="port to listen on (8000)")
 
     sub = command("check", _check, "print a user's grant health as JSON (exit 1 if not found)")
     sub.add_argument("user_id", type=_user_id, metavar="USER_ID")

@@ -8,48 +8,17 @@ table was first imported from: `token`, `refresh_token`, `token_uri`, `client_id
 from __future__ import annotations
 
 import json
-import os
-import stat
 from pathlib import Path
 from typing import Any
 
 from google.oauth2.credentials import Credentials
 
 from .._core.record import GOOGLE_TOKEN_URI, parse_expiry, parse_scopes
-
-#: A token file is a few hundred bytes; a bigger one is not read.
-MAX_FILE_BYTES = 1024 * 1024
+from .._options import FileRefused, read_small_file
 
 
 class TokenFileError(ValueError):
     """The file is not a usable authorized-user JSON file; the message says why in one line."""
-
-
-def read_small_file(path: Path, limit: int = MAX_FILE_BYTES) -> bytes:
-    """The bytes of a regular file of at most `limit` bytes.
-
-    Opened without blocking (a FIFO would wait for a writer forever), checked to be a
-    regular file (not /dev/zero, a socket or a directory), and read no further than one
-    byte past the limit (a file that grows while read is refused too).
-
-    Raises:
-        TokenFileError: not a regular file, or too big. OSError: cannot be opened.
-    """
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise TokenFileError("it is not a regular file")
-        chunks: list[bytes] = []
-        size = 0
-        while size <= limit and (chunk := os.read(fd, limit + 1 - size)):
-            chunks.append(chunk)
-            size += len(chunk)
-        data = b"".join(chunks)
-    finally:
-        os.close(fd)
-    if len(data) > limit:
-        raise TokenFileError(f"it is bigger than {limit:,} bytes")
-    return data
 
 
 def _text(data: dict[str, Any], key: str, *, required: bool = False) -> str | None:
@@ -72,7 +41,10 @@ def read_token_file(path: Path) -> Credentials:
             never quotes a value.
         OSError: the file cannot be opened.
     """
-    raw = read_small_file(path)
+    try:
+        raw = read_small_file(path)
+    except FileRefused as exc:
+        raise TokenFileError(str(exc)) from None
     try:
         data = json.loads(raw)
     except ValueError:

@@ -49,12 +49,14 @@ MAX_TOKEN_CHARS = 8 * 1024
 
 @dataclass(frozen=True, slots=True)
 class Grant:
-    """A successful refresh: the new access token, a rotated refresh token if one was sent."""
+    """A token answer: the new access token, a refresh token if a new one was sent (a
+    rotation, or the grant of a code exchange), the granted scopes, an ID token if any."""
 
     access_token: str = field(repr=False)
     rotated_refresh_token: str | None = field(repr=False)
     expires_in: float
     scopes: tuple[str, ...] | None
+    id_token: str | None = field(default=None, repr=False)
 
 
 FailureKind = Literal["revoked", "client", "transient", "rejected"]
@@ -129,7 +131,7 @@ def _granted_scopes(scope: Any) -> tuple[str, ...] | None:
 
 
 def classify_answer(  # noqa: PLR0911 - one return per kind of answer
-    answer: HttpAnswer, refresh_token: str
+    answer: HttpAnswer, refresh_token: str | None
 ) -> Grant | EndpointError:
     """Turn one answer of the token endpoint into a Grant or the error it means."""
     data = _decode(answer.body)
@@ -150,11 +152,13 @@ def classify_answer(  # noqa: PLR0911 - one return per kind of answer
                         "the token endpoint answered a token that cannot be stored",
                         cause="bad_answer",
                     )
+            id_token = data.get("id_token")
             return Grant(
                 access_token=access_token,
                 rotated_refresh_token=rotated,
                 expires_in=_lifetime(data.get("expires_in")),
                 scopes=_granted_scopes(data.get("scope")),
+                id_token=id_token if isinstance(id_token, str) else None,
             )
     raw_error = data.get("error") if data is not None else None
     error = raw_error if isinstance(raw_error, str) else None
@@ -204,6 +208,44 @@ def exchange(
             "rejected" (any other refusal).
     """
     form = refresh_form(refresh_token, client_id, client_secret)
+    return (
+        yield from _post(token_uri, form, refresh_token, http_timeout=http_timeout, clock=clock)
+    )
+
+
+def exchange_code(
+    token_uri: str,
+    code: str,
+    *,
+    verifier: str,
+    redirect_uri: str,
+    client_id: str,
+    client_secret: str,
+    http_timeout: float,
+    clock: Clock,
+) -> Flow[Grant]:
+    """Exchange an authorization code (with its PKCE verifier) for a grant, as `exchange`
+    does a refresh token: the same budget, retries and answers (`invalid_grant` here means
+    the code was refused: used, expired, or for another client, redirect or verifier)."""
+    form = {
+        "grant_type": "authorization_code",
+        "code": code,
+        "code_verifier": verifier,
+        "redirect_uri": redirect_uri,
+        "client_id": client_id,
+        "client_secret": client_secret,
+    }
+    return (yield from _post(token_uri, form, None, http_timeout=http_timeout, clock=clock))
+
+
+def _post(
+    token_uri: str,
+    form: dict[str, str],
+    refresh_token: str | None,
+    *,
+    http_timeout: float,
+    clock: Clock,
+) -> Flow[Grant]:
     deadline = clock.monotonic() + 3 * http_timeout
     failure = EndpointError("transient", "the refresh time budget is used up", cause="timeout")
     for attempt in range(1, MAX_ATTEMPTS + 1):

@@ -298,8 +298,14 @@ def save(
     email: str | None,
     robeing_id: str | None,
     metadata: Mapping[str, Any] | None,
+    accept: Callable[[TokenRecord | None], None] | None = None,
 ) -> Flow[TokenRecord]:
-    """Insert or replace the user's grant under the row lock (if the row exists)."""
+    """Insert or replace the user's grant under the row lock (if the row exists).
+
+    `accept`, when given, sees the row as it is under the lock (None: no row yet) and
+    raises to refuse: then the transaction is rolled back and nothing is written (a
+    consent checks there that the row is still the account it was for).
+    """
     if grant.token_uri and (refusal := core.policy.refusal(grant.token_uri)):
         raise InvalidTokenRecordError(user_id, email, refusal)
     lock = LockRow(
@@ -316,6 +322,8 @@ def save(
             f"{core.windows.lock_timeout:g} s; retry later"
         ) from None
     existing = core.parse(locked.row) if locked.row is not None else None
+    if accept is not None:
+        accept(existing)
     values = grant_columns(
         existing=existing,
         access_token=grant.access_token,
@@ -352,6 +360,15 @@ def save(
         f"expires {record.expiry}",
     )
     return record
+
+
+def find_row(core: Core, user_id: str) -> Flow[TokenRecord | None]:
+    """The user's row as it is, or None; never raises for its content (a consent reads the
+    account a broken or dead grant was for)."""
+    rows = yield from once_more_if_lost(
+        Query(Statement.READ_ROW, {"user_id": user_id}, user_id=user_id)
+    )
+    return core.parse(rows[0]) if rows else None
 
 
 def create_table() -> Flow[bool]:

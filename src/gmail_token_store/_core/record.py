@@ -27,6 +27,12 @@ GMAIL_SEND = "https://www.googleapis.com/auth/gmail.send"
 
 #: metadata key under which a permanent refresh failure (invalid_grant) is recorded.
 FAILURE_KEY = "refresh_failure"
+#: metadata keys a verified consent records: the Google account id (the ID token's `sub`),
+#: that the email and account were verified, and when the user consented.
+ACCOUNT_ID_KEY = "google_account_id"
+VERIFIED_KEY = "account_verified"
+CONSENTED_AT_KEY = "consented_at"
+ACCOUNT_KEYS = (ACCOUNT_ID_KEY, VERIFIED_KEY, CONSENTED_AT_KEY)
 
 #: A JSON column longer than this is refused: real rows hold a few hundred bytes, and a
 #: multi-megabyte one would be decoded on every read of the row.
@@ -118,6 +124,11 @@ class TokenRecord:
     #: The row version (`xmin` as text): changes with every write, whatever the layout.
     version: str | None
     failure: RefreshFailure | None
+    #: The Google account a verified consent recorded (`sub`), or None (never verified:
+    #: an import, another writer, a row from before the consent flow).
+    google_account_id: str | None
+    #: When the user consented (a verified consent's record), naive UTC.
+    consented_at: datetime | None
     token_data: Mapping[str, Any] = field(repr=False)
     metadata: Mapping[str, Any] | None = field(repr=False)
     problem: str | None
@@ -278,6 +289,23 @@ def _recorded_failure(
     )
 
 
+def _verified_account(metadata: Mapping[str, Any] | None) -> str | None:
+    if not metadata or metadata.get(VERIFIED_KEY) is not True:
+        return None
+    sub = metadata.get(ACCOUNT_ID_KEY)
+    return sub if isinstance(sub, str) and sub else None
+
+
+def _consented_at(metadata: Mapping[str, Any] | None) -> datetime | None:
+    value = (metadata or {}).get(CONSENTED_AT_KEY)
+    if not isinstance(value, str):
+        return None
+    try:
+        return parse_expiry(value)
+    except _Unreadable:
+        return None
+
+
 def _column(raw: Any, column: str, problems: list[str], *, required: bool) -> dict[str, Any] | None:
     """The column as an object, or None (and a problem) when it cannot be read."""
     try:
@@ -353,6 +381,8 @@ def parse_row(row: Sequence[Any], *, fallback_client: OAuthClient = NO_CLIENT) -
         updated_at=updated_at,
         version=row[9],
         failure=_recorded_failure(metadata or {}, refresh_token),
+        google_account_id=_verified_account(metadata),
+        consented_at=_consented_at(metadata),
         token_data=token_data,
         metadata=metadata,
         problem="; ".join(problems) or None,

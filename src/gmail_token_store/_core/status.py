@@ -57,6 +57,12 @@ class TokenStatus:
     #: The row's version when it was read (opaque; changes with every write). Pass it to
     #: `refresh(..., unless_written_since=...)` to refresh only a row nobody touched since.
     version: str | None = None
+    #: Whether a consent verified the Google account of the grant (its ID token), and
+    #: which account it was (`sub`); False for imports and other writers' grants.
+    account_verified: bool = False
+    google_account_id: str | None = None
+    #: When the user consented, by a verified consent's record (naive UTC).
+    consented_at: datetime | None = None
 
     @property
     def needs_attention(self) -> bool:
@@ -87,6 +93,9 @@ class TokenStatus:
             "seconds_since_refresh": self.seconds_since_refresh,
             "scopes": list(self.scopes) if self.scopes is not None else None,
             "version": self.version,
+            "account_verified": self.account_verified,
+            "google_account_id": self.google_account_id,
+            "consented_at": _iso(self.consented_at),
         }
 
 
@@ -155,6 +164,9 @@ def classify(
         ),
         scopes=record.scopes,
         version=record.version,
+        account_verified=record.google_account_id is not None,
+        google_account_id=record.google_account_id,
+        consented_at=record.consented_at,
     )
 
 

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from .record import (
+    ACCOUNT_KEYS,
     FAILURE_KEY,
     GOOGLE_TOKEN_URI,
     MAX_COLUMN_CHARS,
@@ -147,8 +148,10 @@ def grant_columns(
     """Merge a new grant into an existing row's values (or start a new row).
 
     token_data keeps keys we do not own but drops the legacy `token` key so that only one
-    access token is stored; metadata keeps every key, takes `metadata` and `email` on top,
-    and loses any recorded refresh failure.
+    access token is stored; metadata keeps every key, takes `metadata` and `email` on top
+    (a key set to None is removed), and loses any recorded refresh failure and the account
+    a verified consent recorded, unless `metadata` says them again: a new grant's account
+    is only what its writer says (a consent verifies it; an import cannot).
     """
     token_data = dict(existing.token_data) if existing else {}
     token_data.pop("token", None)
@@ -166,10 +169,13 @@ def grant_columns(
         }
 
     merged_meta = dict(existing.metadata or {}) if existing else {}
+    for key in ACCOUNT_KEYS:
+        merged_meta.pop(key, None)
     merged_meta.update(metadata or {})
     if email:
         merged_meta["email"] = email
     merged_meta.pop(FAILURE_KEY, None)
+    merged_meta = {key: value for key, value in merged_meta.items() if value is not None}
     return GrantColumns(
         token_data=token_data,
         oauth_config=oauth_config,
