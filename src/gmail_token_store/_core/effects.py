@@ -43,6 +43,8 @@ class Statement(enum.Enum):
     UPSERT_GRANT = "upsert_grant"  # a new consent or an import
     TABLE_EXISTS = "table_exists"
     CREATE_TABLE = "create_table"
+    CLAIM_NOTICE = "claim_notice"  # a notice into metadata, by compare-and-set
+    MARK_NOTICE = "mark_notice"  # that notice sent, or failed
 
 
 # --- database ----------------------------------------------------------------------------
@@ -153,6 +155,21 @@ class PostForm:
         return answer
 
 
+@dataclass(frozen=True, slots=True)
+class Deliver:
+    """POST `body` (JSON) with `headers` to a webhook; result: the HTTP status, or
+    `exchange.EndpointUnreachable` thrown in. The answer's body is not read."""
+
+    url: str
+    body: bytes = field(repr=False)
+    headers: Mapping[str, str] = field(repr=False)
+    timeout: float
+
+    def __iter__(self) -> Generator[Effect, Any, int]:
+        status: int = yield self
+        return status
+
+
 # --- waiting, telling, sharing -----------------------------------------------------------
 
 
@@ -227,6 +244,7 @@ Effect: TypeAlias = (
     | Execute
     | Commit
     | PostForm
+    | Deliver
     | Sleep
     | Emit
     | Log

@@ -22,6 +22,7 @@ from .._core.clock import ClockSample
 from .._core.effects import (
     Commit,
     DatabaseEffect,
+    Deliver,
     Effect,
     Emit,
     Execute,
@@ -114,6 +115,8 @@ class AsyncShell:
                 result = await self._database(effect, tx)
             case PostForm():
                 result = await self._post_form(effect)
+            case Deliver():
+                result = await self._deliver(effect)
             case Sleep():
                 await asyncio.sleep(effect.seconds)
             case Emit():
@@ -257,6 +260,18 @@ class AsyncShell:
                     if len(body) > effect.max_bytes:
                         break
                 return HttpAnswer(response.status_code, bytes(body))
+        except Exception as exc:  # TimeoutError from asyncio.timeout included
+            failure = unreachable(exc)
+        raise failure  # (outside the except: the driver's error is not its context)
+
+    async def _deliver(self, effect: Deliver) -> int:
+        http = self.resources.get().http
+        try:
+            async with asyncio.timeout(effect.timeout):
+                response = await http.post(
+                    effect.url, content=effect.body, headers=effect.headers, timeout=effect.timeout
+                )
+                return response.status_code
         except Exception as exc:  # TimeoutError from asyncio.timeout included
             failure = unreachable(exc)
         raise failure  # (outside the except: the driver's error is not its context)

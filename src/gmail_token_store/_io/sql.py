@@ -137,6 +137,20 @@ UPSERT_GRANT = Sql(
     privilege="INSERT, UPDATE",
 )
 
+#: Record the notice about to be sent, only if the row is still the version that was read:
+#: of two runs at once, one claims it.
+CLAIM_NOTICE = Sql(
+    f"UPDATE {TABLE} SET metadata = %(metadata)s::jsonb"
+    " WHERE id = %(row_id)s AND xmin = %(version)s::xid RETURNING xmin::text",
+    privilege="UPDATE",
+)
+#: Mark the notice claimed with this message id as sent (or failed), whatever else changed.
+MARK_NOTICE = Sql(
+    f"UPDATE {TABLE} SET metadata = jsonb_set(metadata, '{{notice,status}}', to_jsonb("
+    "%(status)s::text)) WHERE id = %(row_id)s AND metadata->'notice'->>'id' = %(message_id)s",
+    privilege="UPDATE",
+)
+
 #: Does the table exist? (`create_table` leaves an existing one exactly as it is.)
 TABLE_EXISTS = Sql(f"SELECT to_regclass('{TABLE}') IS NOT NULL", privilege="SELECT")
 #: The production DDL, verbatim apart from IF NOT EXISTS (../shared/reference/auth-server.md).
@@ -171,6 +185,8 @@ SQL: dict[Statement, Sql] = {
     Statement.UPSERT_GRANT: UPSERT_GRANT,
     Statement.TABLE_EXISTS: TABLE_EXISTS,
     Statement.CREATE_TABLE: CREATE_TABLE,
+    Statement.CLAIM_NOTICE: CLAIM_NOTICE,
+    Statement.MARK_NOTICE: MARK_NOTICE,
 }
 
 

@@ -24,6 +24,7 @@ from .._core.clock import ClockSample
 from .._core.effects import (
     Commit,
     DatabaseEffect,
+    Deliver,
     Effect,
     Emit,
     Execute,
@@ -117,6 +118,8 @@ class SyncShell:
                 result = self._database(effect, tx)
             case PostForm():
                 result = self._post_form(effect)
+            case Deliver():
+                result = self._deliver(effect)
             case Sleep():
                 time.sleep(effect.seconds)
             case Emit():
@@ -256,6 +259,18 @@ class SyncShell:
                     if len(body) > effect.max_bytes:
                         break
                 return HttpAnswer(response.status_code, bytes(body))
+        except Exception as exc:
+            failure = unreachable(exc)
+        raise failure  # (outside the except: the driver's error is not its context)
+
+    def _deliver(self, effect: Deliver) -> int:
+        http = self.resources.get().http
+        try:
+            with deadline(effect.timeout):
+                response = http.post(
+                    effect.url, content=effect.body, headers=effect.headers, timeout=effect.timeout
+                )
+                return response.status_code
         except Exception as exc:
             failure = unreachable(exc)
         raise failure  # (outside the except: the driver's error is not its context)
