@@ -10,7 +10,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 from psycopg.types.json import Jsonb
 
-from gmail_token_store._cli.metrics import ROW_STATES
+from gmail_token_store.metrics import ROW_STATES
 
 from conftest import SeedRow, utcnow
 from helpers import Cli

@@ -9,7 +9,8 @@ from datetime import timedelta
 
 from google.oauth2.credentials import Credentials
 
-from ._cache import CredentialsCache
+from ._cache import CheckedCache, CredentialsCache
+from ._core import flows
 from ._core.errors import parse_user_id
 from ._core.flows import NewGrant
 from ._core.record import OAuthClient, TokenRecord
@@ -18,7 +19,7 @@ from ._core.writes import UnwritableError, to_json, unstorable
 from ._handout import Refresher, hand_out
 from ._io.events import logger
 from ._options import StoreOptions, settings_from
-from ._results import RefreshResult
+from ._results import RefreshResult, TokenStatus
 
 #: The width of the production table's robeing_id column (VARCHAR(50)).
 _ROBEING_ID_MAX = 50
@@ -44,6 +45,7 @@ class StoreBase:
             if settings.cache_ttl
             else None
         )
+        self._checked = CheckedCache(max_entries=settings.cache_size)
         #: What handed-out Credentials count as expired / stale (see `_handout`).
         self._handout_windows = (
             timedelta(seconds=max(settings.mandatory_refresh_margin, _MIN_HANDOUT_WINDOW)),
@@ -54,6 +56,11 @@ class StoreBase:
     def refresh_margin(self) -> float:
         """Seconds before expiry from which a token is refreshed."""
         return self._settings.refresh_margin
+
+    @property
+    def cache_ttl(self) -> float:
+        """Seconds a user's credentials are served from memory (0: no cache)."""
+        return self._settings.cache_ttl
 
     def invalidate(self, user_id: str | uuid.UUID) -> None:
         """Forget the user's cached credentials; the next call reads the row."""
@@ -75,11 +82,13 @@ class StoreBase:
         """The shells' `Forget` effect: the next call reads the row."""
         if self._cache is not None:
             self._cache.invalidate(user_id)
+        self._checked.invalidate(user_id)
 
     def _hand_out(self, record: TokenRecord, refresher: Refresher) -> Credentials:
         """The Credentials for a record, kept in the cache (when on) until they are due."""
         core = self._core
         credentials = hand_out(record, refresher, self._handout_windows, core.db_clock)
+        self._checked.invalidate(record.user_id)  # (this store may have just refreshed it)
         if self._cache is not None:
             self._cache.put(
                 record.user_id,
@@ -88,8 +97,39 @@ class StoreBase:
                 seconds_left=record.seconds_left(core.db_now()),
                 refresh_margin=self._settings.refresh_margin,
                 now=time.monotonic(),
+                record=record,
             )
         return credentials
+
+    # --- answers from what this store read lately (`max_age`) ----------------------------
+
+    def _recent_check(self, user_id: str, max_age: float) -> TokenStatus | None:
+        """The status of the user's row as this store checked it at most `max_age` s ago
+        (decided again now), or None."""
+        if not _age(max_age):
+            return None
+        hit = self._checked.get(user_id, read_after=time.monotonic() - max_age)
+        return flows.recheck(self._core, hit) if hit is not None else None
+
+    def _checked_now(
+        self, user_id: str, checked: flows.Checked, read_at: float, max_age: float
+    ) -> TokenStatus:
+        if max_age:
+            self._checked.put(user_id, checked, read_at)
+        return checked.status
+
+    def _recent_refresh(self, user_id: str, max_age: float) -> RefreshResult | None:
+        """refresh()'s answer from the cache, when the user's Credentials there were read
+        at most `max_age` s ago (they are not due: the cache drops them before)."""
+        if not _age(max_age) or self._cache is None:
+            return None
+        now = time.monotonic()
+        entry = self._cache.get(user_id, now)
+        if entry is None or entry.record is None or entry.read_at < now - max_age:
+            return None
+        return refresh_result(
+            self._core, entry.record, entry.record, entry.credentials, time.time()
+        )
 
     def _report_lost_grants(self) -> None:
         for grant in self._core.kept.pending():
@@ -102,6 +142,7 @@ class StoreBase:
     def _forget_parent(self) -> None:
         """In a forked child: the decision state and cache, without the parent's locks."""
         self._core.after_fork()
+        self._checked.after_fork()
         if self._cache is not None:
             self._cache.after_fork()
 
@@ -152,6 +193,13 @@ def new_grant(
         scopes=credentials.scopes,
         expiry=credentials.expiry,
     )
+
+
+def _age(max_age: float) -> bool:
+    """Is `max_age` (seconds) a request to answer from what was read lately?"""
+    if not isinstance(max_age, int | float) or isinstance(max_age, bool) or not max_age >= 0:
+        raise ValueError(f"max_age must be a number of seconds >= 0, got {max_age!r}")
+    return max_age > 0
 
 
 def refresh_result(

@@ -23,7 +23,7 @@ from google.oauth2.credentials import Credentials
 from psycopg_pool import ConnectionPool
 
 from ._base import StoreBase, new_grant, refresh_result
-from ._core import flows
+from ._core import flows, risc
 from ._core.effects import Flow
 from ._core.errors import TokenStoreError, parse_user_id
 from ._core.keepalive import KeepaliveReport
@@ -153,30 +153,46 @@ class TokenStore(StoreBase):
         *,
         force: bool = False,
         unless_written_since: str | None = None,
+        max_age: float = 0.0,
     ) -> RefreshResult:
         """Refresh the user's token if it is due (or always, with `force`).
 
         Unlike `get_credentials`, a failed refresh raises even while the old token is
         still valid: the caller asked for a refresh. With `unless_written_since` (a
         `TokenStatus.version` from `check`/`check_all`) the row is refreshed only if
-        nobody wrote it since (or it is due anyway): the keepalive's compare-and-set.
+        nobody wrote it since (or it is due anyway): the keepalive's compare-and-set. With
+        `max_age` (seconds), a token this store read at most that long ago and that is not
+        due is answered "valid" from the cache, without reading the row (the API's refresh).
 
         Returns:
             status "valid" (nothing was needed) or "refreshed".
         """
         uid = parse_user_id(user_id)
+        if not force and unless_written_since is None:
+            recent = self._recent_refresh(uid, max_age)
+            if recent is not None:
+                return recent
         seen, record = self._run(
             flows.refresh(self._core, uid, force=force, unless_written_since=unless_written_since)
         )
         return refresh_result(self._core, seen, record, self._remember(record), time.time())
 
-    def check(self, user_id: str | uuid.UUID) -> TokenStatus:
+    def check(self, user_id: str | uuid.UUID, *, max_age: float = 0.0) -> TokenStatus:
         """Report the health of the user's grant; never raises for a row that exists.
+
+        With `max_age` (seconds), a row this store checked at most that long ago is not
+        read again: its status is decided again now from what was read (the API's check).
 
         Raises:
             InvalidUserIdError, DatabaseUnavailableError, ConfigurationError.
         """
-        return self._run(flows.check(self._core, parse_user_id(user_id)))
+        uid = parse_user_id(user_id)
+        recent = self._recent_check(uid, max_age)
+        if recent is not None:
+            return recent
+        read_at = _monotonic()
+        checked = self._run(flows.check(self._core, uid))
+        return self._checked_now(uid, checked, read_at, max_age)
 
     def check_all(self) -> list[TokenStatus]:
         """Report the health of every grant in the table, oldest row first; each carries
@@ -227,6 +243,35 @@ class TokenStore(StoreBase):
         self._run(
             flows.save(
                 self._core, uid, grant, email=email, robeing_id=robeing_id, metadata=metadata
+            )
+        )
+
+    def record_revocation(
+        self,
+        *,
+        reason: str,
+        issued_at: float,
+        google_account_id: str | None = None,
+        token: tuple[str, str] | None = None,
+    ) -> list[str]:
+        """Record as dead every grant Google revoked (a Cross-Account Protection event), like
+        an `invalid_grant`; return their user ids.
+
+        Args:
+            reason: the event in words (shown in `check`, errors and notices).
+            issued_at: when Google issued the event (epoch seconds): a grant consented to
+                later is left alone (a late or replayed event never kills a reconnection).
+            google_account_id: every verified grant of this Google account (`sub`), or
+            token: (algorithm, identifier) of one refresh token: "prefix" (its first 16
+                characters) or "hash_base64_sha512_sha512".
+        """
+        return self._run(
+            risc.record_revocation(
+                self._core,
+                reason=reason,
+                issued_at=issued_at,
+                account_id=google_account_id,
+                token=token,
             )
         )
 

@@ -15,9 +15,10 @@ decided, and how, is in `_core.notices`. `gmail-token-store notify` runs it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from ._async_store import AsyncTokenStore
+from ._core.errors import parse_user_id
 from ._core.notices import NoticeReport, NoticeSettings, WebhookSigner
 from ._core.notices import send_notices as _send_notices
 from ._store import TokenStore
@@ -37,6 +38,7 @@ def _settings(
     warn_before: float,
     link_valid_for: float,
     timeout: float,
+    users: Sequence[str] | None,
 ) -> NoticeSettings:
     link_for: Callable[[str], str] | None = None
     if public_url and link_secret:
@@ -54,6 +56,7 @@ def _settings(
         consent_lifetime=consent_lifetime,
         warn_before=warn_before,
         timeout=timeout,
+        users=tuple(parse_user_id(user) for user in users) if users is not None else None,
     )
 
 
@@ -69,6 +72,7 @@ def send_notices(
     warn_before: float = 86_400.0,
     link_valid_for: float = LINK_LIFETIME,
     timeout: float = 10.0,
+    users: Sequence[str] | None = None,
 ) -> NoticeReport:
     """Send every notice that is due to the webhook at `url`; return what happened.
 
@@ -80,6 +84,7 @@ def send_notices(
         consent_lifetime: seconds a consent lives (7 days for an app in Google's
             "Testing" status); notices go `warn_before` seconds ahead. None: not checked.
         timeout: seconds per delivery.
+        users: only these users' grants (None: every row).
 
     Raises:
         ValueError: a secret that is not `whsec_` + base64 of at least 24 bytes.
@@ -95,6 +100,7 @@ def send_notices(
         warn_before=warn_before,
         link_valid_for=link_valid_for,
         timeout=timeout,
+        users=users,
     )
     return store._run(_send_notices(store._core, settings))  # noqa: SLF001
 
@@ -111,6 +117,7 @@ async def send_notices_async(
     warn_before: float = 86_400.0,
     link_valid_for: float = LINK_LIFETIME,
     timeout: float = 10.0,
+    users: Sequence[str] | None = None,
 ) -> NoticeReport:
     """As `send_notices`, for an AsyncTokenStore."""
     settings = _settings(
@@ -123,5 +130,6 @@ async def send_notices_async(
         warn_before=warn_before,
         link_valid_for=link_valid_for,
         timeout=timeout,
+        users=users,
     )
     return await store._run(_send_notices(store._core, settings))  # noqa: SLF001

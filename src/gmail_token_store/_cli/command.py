@@ -146,9 +146,13 @@ def _web_commands(command: Command) -> None:
         help="days the link stays valid (default: 7)",
     )
 
-    sub = command("serve", serve_app, "serve the web consent (and API) on uvicorn")
+    sub = command(
+        "serve", serve_app, "serve the web consent, the API and Google's security events on uvicorn"
+    )
     sub.add_argument(
-        "--client-secrets", type=Path, required=True, help="the web client's secrets JSON"
+        "--client-secrets",
+        type=Path,
+        help="the web client's secrets JSON: serves the consent (with --public-url)",
     )
     sub.add_argument(
         "--public-url",
@@ -158,6 +162,41 @@ def _web_commands(command: Command) -> None:
     )
     sub.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
     sub.add_argument("--port", type=int, default=8000, help="port to listen on (8000)")
+    sub.add_argument(
+        "--workers", type=positive_int, default=1, help="worker processes (default: 1)"
+    )
+    sub.add_argument(
+        "--api-keys-file",
+        type=Path,
+        metavar="FILE",
+        help="serve the API to these keys (name=key or name=key:check, one per line); "
+        "default: $GMAIL_TOKEN_STORE_API_KEYS",
+    )
+    sub.add_argument(
+        "--risc",
+        action="store_true",
+        help="receive Google's security events at POST /risc (issuer from "
+        "$GMAIL_TOKEN_STORE_RISC_CONFIG_URL, default Google's)",
+    )
+    sub.add_argument(
+        "--risc-client-id",
+        action="append",
+        metavar="ID",
+        help="another OAuth client id the security events may be for (repeatable)",
+    )
+    sub.add_argument(
+        "--notify",
+        metavar="URL",
+        help="send notices (signed with $GMAIL_TOKEN_STORE_WEBHOOK_SECRET) for grants a "
+        "security event kills",
+    )
+    sub.add_argument(
+        "--cache-ttl",
+        type=positive_float,
+        metavar="SECONDS",
+        help="seconds a worker answers the API from memory (default: the store's, 60; 0: "
+        "every request reads the row)",
+    )
 
 
 def _view_commands(command: Command) -> None:

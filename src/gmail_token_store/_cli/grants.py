@@ -11,8 +11,8 @@ from pathlib import Path
 
 from .. import TokenStatus
 from .._core.text import printable
+from ..metrics import exposition
 from .common import EXIT_FAILURE, EXIT_OK, Failure, open_store, say, say_stored
-from .metrics import exposition
 from .token_file import TokenFileError, read_token_file
 
 

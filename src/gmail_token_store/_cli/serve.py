@@ -1,62 +1,130 @@
-"""`serve`: the web app on uvicorn, owning its store (closed, kept grants written, on exit).
+"""`serve`: the web app on uvicorn, each worker owning its store (closed, its kept grants
+written, when the worker stops).
 
-The configuration comes from the command line and the environment; uvicorn's workers are
-separate processes that import `make_app` by name, so it is handed to them in the
-environment (`GMAIL_TOKEN_STORE_SERVE_*`), which only this module reads and writes.
+uvicorn's workers are separate processes that import `make_app` by name, so the command's
+configuration reaches them in the environment (`GMAIL_TOKEN_STORE_SERVE`, one JSON
+value), which only this module writes and reads; the secrets stay in their own
+variables (GMAIL_TOKEN_STORE_SECRET, _API_KEYS, _WEBHOOK_SECRET, the DSN's).
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import uvicorn
 from starlette.applications import Starlette
 
-from .. import AsyncTokenStore
+from .. import AsyncTokenStore, StoreOptions
+from .._options import read_small_file
 from ..consent import CALLBACK_PATH, AsyncConsentFlow
-from ..web import create_app
+from ..notices import send_notices_async
+from ..web import GOOGLE_RISC_CONFIG_URL, ApiKeys, RiscReceiver, create_app
 
-#: uvicorn waits this long for open requests at shutdown, then the store is closed.
+#: uvicorn waits this long for open requests at shutdown; then each store is closed.
 GRACEFUL_SECONDS = 10
+_CONFIG = "GMAIL_TOKEN_STORE_SERVE"
 
-_CLIENT_SECRETS = "GMAIL_TOKEN_STORE_SERVE_CLIENT_SECRETS"
-_PUBLIC_URL = "GMAIL_TOKEN_STORE_SERVE_PUBLIC_URL"
-_DSN = "GMAIL_TOKEN_STORE_SERVE_DSN"
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """What the workers need besides secrets (JSON in the environment)."""
+
+    dsn_from_command_line: str | None
+    client_secrets: str | None
+    public_url: str | None
+    api_keys_file: str | None
+    risc: bool
+    risc_config_url: str
+    risc_client_ids: Sequence[str]
+    notify: str | None
+    cache_ttl: float | None
+
+
+def _api_keys(config: ServeConfig) -> ApiKeys | None:
+    text = os.environ.get("GMAIL_TOKEN_STORE_API_KEYS", "").strip()
+    if config.api_keys_file:
+        text = read_small_file(config.api_keys_file).decode()
+    return ApiKeys.parse(text) if text else None
 
 
 def make_app() -> Starlette:
-    """The app of one worker: its own store and flows, from what `run` put in the
-    environment (and the store's own: GMAIL_TOKEN_STORE_DSN, GOOGLE_CLIENT_*, ...)."""
-    store = AsyncTokenStore.from_env(os.environ.get(_DSN) or None)
-    public_url = os.environ[_PUBLIC_URL]
-    consent = AsyncConsentFlow.from_client_secrets(
-        store,
-        os.environ[_CLIENT_SECRETS],
-        redirect_uri=public_url + CALLBACK_PATH,
-        secret=os.environ["GMAIL_TOKEN_STORE_SECRET"],
+    """One worker's app: its own store, flows and receiver, from `run`'s configuration."""
+    config = ServeConfig(**json.loads(os.environ[_CONFIG]))
+    library = logging.getLogger("gmail_token_store")
+    if not library.handlers:  # the command's process: its log, and the access log, on stderr
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+        library.addHandler(handler)
+        library.setLevel(logging.INFO)
+    options: StoreOptions = {} if config.cache_ttl is None else {"cache_ttl": config.cache_ttl}
+    store = AsyncTokenStore.from_env(config.dsn_from_command_line, **options)
+    consent = None
+    client_ids = list(config.risc_client_ids)
+    if config.client_secrets and config.public_url:
+        consent = AsyncConsentFlow.from_client_secrets(
+            store,
+            config.client_secrets,
+            redirect_uri=config.public_url + CALLBACK_PATH,
+            secret=os.environ["GMAIL_TOKEN_STORE_SECRET"],
+        )
+        client_ids.append(consent.client_id)
+    risc = None
+    if config.risc:
+
+        async def notify(user_ids: Sequence[str]) -> None:
+            if config.notify and config.public_url:
+                await send_notices_async(
+                    store,
+                    config.notify,
+                    secret=os.environ["GMAIL_TOKEN_STORE_WEBHOOK_SECRET"],
+                    public_url=config.public_url,
+                    link_secret=os.environ.get("GMAIL_TOKEN_STORE_SECRET"),
+                    users=user_ids,
+                )
+
+        risc = RiscReceiver(
+            store, client_ids=client_ids, config_url=config.risc_config_url, on_revoked=notify
+        )
+    return create_app(
+        store, consent=consent, api_keys=_api_keys(config), risc=risc, close_store=True
     )
-    return create_app(store, consent=consent, close_store=True)
 
 
 def run(
     *,
-    client_secrets: Path,
-    public_url: str,
-    secret: str,
+    client_secrets: Path | None,
+    public_url: str | None,
     dsn: str | None,
     host: str,
     port: int,
-    workers: int = 1,
+    workers: int,
+    api_keys_file: Path | None,
+    risc: bool,
+    risc_client_ids: Sequence[str],
+    notify: str | None,
+    cache_ttl: float | None,
 ) -> None:
     """Serve until SIGINT or SIGTERM: uvicorn drains open requests, then each worker's
     app closes its store (writing kept grants)."""
-    os.environ[_CLIENT_SECRETS] = str(client_secrets.resolve())
-    os.environ[_PUBLIC_URL] = public_url
-    os.environ["GMAIL_TOKEN_STORE_SECRET"] = secret
-    if dsn:
-        os.environ[_DSN] = dsn
-    make_app()  # the configuration is checked here, once, before uvicorn starts
+    config = ServeConfig(
+        dsn_from_command_line=dsn,
+        client_secrets=str(client_secrets.resolve()) if client_secrets else None,
+        public_url=public_url,
+        api_keys_file=str(api_keys_file.resolve()) if api_keys_file else None,
+        risc=risc,
+        risc_config_url=os.environ.get("GMAIL_TOKEN_STORE_RISC_CONFIG_URL")
+        or GOOGLE_RISC_CONFIG_URL,
+        risc_client_ids=list(risc_client_ids),
+        notify=notify,
+        cache_ttl=cache_ttl,
+    )
+    os.environ[_CONFIG] = json.dumps(asdict(config))
+    make_app()  # the configuration is checked here, once, before a worker starts
     uvicorn.run(
         "gmail_token_store._cli.serve:make_app",
         factory=True,
@@ -65,6 +133,7 @@ def run(
         workers=workers,
         lifespan="on",
         timeout_graceful_shutdown=GRACEFUL_SECONDS,
+        access_log=False,  # ours (gmail_token_store.access) holds no code, link or key
         proxy_headers=True,
         server_header=False,
         log_level="info",

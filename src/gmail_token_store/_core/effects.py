@@ -43,6 +43,9 @@ class Statement(enum.Enum):
     UPSERT_GRANT = "upsert_grant"  # a new consent or an import
     TABLE_EXISTS = "table_exists"
     CREATE_TABLE = "create_table"
+    FIND_BY_ACCOUNT = "find_by_account"  # rows naming a Google account id (RISC)
+    FIND_BY_TOKEN_PREFIX = "find_by_token_prefix"  # rows whose refresh token starts so
+    FIND_BY_TOKEN_HASH = "find_by_token_hash"  # rows whose refresh token hashes so
     CLAIM_NOTICE = "claim_notice"  # a notice into metadata, by compare-and-set
     MARK_NOTICE = "mark_notice"  # that notice sent, or failed
 

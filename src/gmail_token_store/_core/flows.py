@@ -249,23 +249,54 @@ def require_scopes(record: TokenRecord, scopes: Sequence[str] | None) -> None:
 
 
 def _status(core: Core, row: Sequence[Any]) -> TokenStatus:
+    return _checked(core, row).status
+
+
+@dataclass(frozen=True, slots=True)
+class Checked:
+    """A row's status, and what it was decided from: the record, and the database's local
+    time zone offset (LOCALTIMESTAMP minus the clock), so that it can be decided again later
+    from the same record (`TokenStore.check(max_age=...)`)."""
+
+    status: TokenStatus
+    record: TokenRecord | None
+    local_offset: float = 0.0
+
+
+def _checked(core: Core, row: Sequence[Any]) -> Checked:
     db_clock: float = row[-2]
     db_local_now: float = row[-1]
-    return classify(
-        core.parse(row),
+    record = core.parse(row)
+    status = classify(
+        record,
         db_now=db_clock,
         db_local_now=db_local_now,
         windows=core.windows,
         policy=core.policy,
     )
+    return Checked(status, record, db_local_now - db_clock)
 
 
-def check(core: Core, user_id: str) -> Flow[TokenStatus]:
+def check(core: Core, user_id: str) -> Flow[Checked]:
     """The health of one grant; never raises for a row that exists."""
     rows = yield from once_more_if_lost(
         Query(Statement.CHECK_ROW, {"user_id": user_id}, user_id=user_id)
     )
-    return _status(core, rows[0]) if rows else not_found(user_id)
+    return _checked(core, rows[0]) if rows else Checked(not_found(user_id), None)
+
+
+def recheck(core: Core, checked: Checked) -> TokenStatus:
+    """Decide a checked row's status again, now, from the record it was read as."""
+    if checked.record is None:
+        return checked.status
+    now = core.db_now()
+    return classify(
+        checked.record,
+        db_now=now,
+        db_local_now=now + checked.local_offset,
+        windows=core.windows,
+        policy=core.policy,
+    )
 
 
 def check_all(core: Core) -> Flow[list[TokenStatus]]:

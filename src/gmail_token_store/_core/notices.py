@@ -215,12 +215,22 @@ class NoticeSettings:
     consent_lifetime: float | None = None
     warn_before: float = 86_400.0
     timeout: float = 10.0
+    #: Only these users' rows (say, the grants a security event just killed); None: all.
+    users: tuple[str, ...] | None = None
 
 
 def send_notices(core: Core, settings: NoticeSettings) -> Flow[NoticeReport]:
-    """Look at every row; send each notice that is due, once (see the module docstring)."""
+    """Look at every row (or `settings.users`'); send each notice that is due, once (see
+    the module docstring)."""
     report = NoticeReport()
-    rows = yield from once_more_if_lost(Query(Statement.LIST_ROWS))
+    if settings.users is None:
+        rows = yield from once_more_if_lost(Query(Statement.LIST_ROWS))
+    else:
+        rows = []
+        for user_id in settings.users:
+            rows += yield from once_more_if_lost(
+                Query(Statement.CHECK_ROW, {"user_id": user_id}, user_id=user_id)
+            )
     for row in rows:
         record = core.parse(row)
         db_now: float = row[-2]

@@ -97,6 +97,9 @@ class RefreshFailure:
     error: str
     description: str
     at: str
+    #: Who said the grant is dead: the token endpoint (invalid_grant), or "risc" (Google's
+    #: Cross-Account Protection event, see `TokenStore.record_revocation`).
+    source: str = "token_endpoint"
 
 
 # Not frozen: a frozen dataclass sets each of these fields through object.__setattr__,
@@ -145,8 +148,12 @@ class TokenRecord:
         if not self.refresh_token:
             return "no refresh token is stored"
         if self.failure is not None:
-            detail = f" ({self.failure.description})" if self.failure.description else ""
-            return f"the token endpoint answered {self.failure.error}{detail} at {self.failure.at}"
+            failure = self.failure
+            if failure.source == "risc":
+                what = f"Google reported {failure.description}"
+                return f"{what} (Cross-Account Protection) at {failure.at}"
+            detail = f" ({failure.description})" if failure.description else ""
+            return f"the token endpoint answered {failure.error}{detail} at {failure.at}"
         return None
 
     @property
@@ -286,6 +293,7 @@ def _recorded_failure(
         error=str(entry.get("error", "unknown")),
         description=str(entry.get("description", "")),
         at=str(entry.get("at", "")),
+        source="risc" if entry.get("source") == "risc" else "token_endpoint",
     )
 
 

@@ -99,9 +99,12 @@ def refreshed_token_data(
 
 
 def metadata_with_failure(
-    record: TokenRecord, error: str, description: str, at: datetime
+    record: TokenRecord, error: str, description: str, at: datetime, *, source: str | None = None
 ) -> dict[str, Any] | None:
-    """Return metadata recording a permanent failure, or None when metadata is unreadable."""
+    """Return metadata recording a permanent failure, or None when metadata is unreadable.
+
+    `source` "risc" says Google reported it (a security event), not the token endpoint.
+    """
     if record.metadata is None or not record.refresh_token:
         return None
     data = dict(record.metadata)
@@ -111,6 +114,8 @@ def metadata_with_failure(
         "at": at.isoformat(timespec="seconds") + "Z",
         "refresh_token_fingerprint": fingerprint(record.refresh_token),
     }
+    if source is not None:
+        data[FAILURE_KEY]["source"] = source
     return data
 
 

@@ -137,6 +137,25 @@ UPSERT_GRANT = Sql(
     privilege="INSERT, UPDATE",
 )
 
+#: Rows a Google security event (RISC) may be about: by the account a consent recorded, by
+#: the refresh token's first 16 characters, or its double SHA-512 in base64 (the core
+#: checks each row again; these only narrow the scan, with no index to add).
+FIND_BY_ACCOUNT = Sql(
+    f"SELECT {COLUMNS}, {_DB_CLOCK} FROM {TABLE}"
+    " WHERE metadata->>'google_account_id' = %(account_id)s",
+    privilege="SELECT",
+)
+_REFRESH_TOKEN = "COALESCE(token_data->>'refresh_token', '')"
+FIND_BY_TOKEN_PREFIX = Sql(
+    f"SELECT {COLUMNS}, {_DB_CLOCK} FROM {TABLE} WHERE left({_REFRESH_TOKEN}, 16) = %(identifier)s",
+    privilege="SELECT",
+)
+FIND_BY_TOKEN_HASH = Sql(
+    f"SELECT {COLUMNS}, {_DB_CLOCK} FROM {TABLE} WHERE translate(encode(sha512(sha512("
+    f"convert_to({_REFRESH_TOKEN}, 'UTF8'))), 'base64'), E'\\n', '') = %(identifier)s",
+    privilege="SELECT",
+)
+
 #: Record the notice about to be sent, only if the row is still the version that was read:
 #: of two runs at once, one claims it.
 CLAIM_NOTICE = Sql(
@@ -185,6 +204,9 @@ SQL: dict[Statement, Sql] = {
     Statement.UPSERT_GRANT: UPSERT_GRANT,
     Statement.TABLE_EXISTS: TABLE_EXISTS,
     Statement.CREATE_TABLE: CREATE_TABLE,
+    Statement.FIND_BY_ACCOUNT: FIND_BY_ACCOUNT,
+    Statement.FIND_BY_TOKEN_PREFIX: FIND_BY_TOKEN_PREFIX,
+    Statement.FIND_BY_TOKEN_HASH: FIND_BY_TOKEN_HASH,
     Statement.CLAIM_NOTICE: CLAIM_NOTICE,
     Statement.MARK_NOTICE: MARK_NOTICE,
 }

@@ -1,6 +1,10 @@
-"""The table's health in Prometheus's text exposition format (`gmail-token-store metrics`).
+"""The table's health in Prometheus's text exposition format.
 
-For node_exporter's textfile collector (a cron job writes the file) or a scrape wrapper.
+    sys.stdout.write(exposition(store.check_all()))
+
+What `gmail-token-store metrics` prints (for node_exporter's textfile collector, a cron job
+writing the file) and what the web app's `GET /metrics` serves with its own request
+families.
 Every state is exported, zeros included, so that an alert on one state never sees the
 series vanish; ages come from the database's clock, so no host's clock skews them.
 """
@@ -10,13 +14,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import get_args
 
-from .._core.status import ATTENTION_STATES, TokenState, TokenStatus
+from ._core.status import ATTENTION_STATES, TokenState, TokenStatus
+
+__all__ = ["ROW_STATES", "exposition", "gauge"]
 
 #: The states a row can be in (`list` shows them); "not-found" is not a row's.
 ROW_STATES: tuple[str, ...] = tuple(state for state in get_args(TokenState) if state != "not-found")
 
 
-def _gauge(name: str, help_text: str, samples: Sequence[tuple[str, float]]) -> list[str]:
+def gauge(name: str, help_text: str, samples: Sequence[tuple[str, float]]) -> list[str]:
+    """One gauge family as exposition lines (`samples`: label text, value)."""
     lines = [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"]
     lines += [f"{name}{labels} {value:g}" for labels, value in samples]
     return lines
@@ -27,26 +34,26 @@ def exposition(statuses: Sequence[TokenStatus]) -> str:
     counts = dict.fromkeys(ROW_STATES, 0)
     for status in statuses:
         counts[status.state] = counts.get(status.state, 0) + 1
-    lines = _gauge(
+    lines = gauge(
         "gmail_token_grants",
         "Grants in the gmail_token table, by state (the states of gmail-token-store list).",
         [(f'{{state="{state}"}}', count) for state, count in counts.items()],
     )
-    lines += _gauge(
+    lines += gauge(
         "gmail_token_needs_attention",
         "Grants that need a person: " + ", ".join(sorted(ATTENTION_STATES)) + ".",
         [("", sum(counts[state] for state in ATTENTION_STATES))],
     )
     expiries = [s.remaining_seconds for s in statuses if s.remaining_seconds is not None]
     if expiries:
-        lines += _gauge(
+        lines += gauge(
             "gmail_token_earliest_expiry_seconds",
             "Seconds until the earliest access token expiry (0: one has expired).",
             [("", min(expiries))],
         )
     ages = [s.seconds_since_refresh for s in statuses if s.seconds_since_refresh is not None]
     if ages:
-        lines += _gauge(
+        lines += gauge(
             "gmail_token_newest_refresh_age_seconds",
             "Seconds since any grant was last refreshed or saved (the keepalive's pulse).",
             [("", min(ages))],
