@@ -13,6 +13,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -423,3 +424,113 @@ def test_a_server_writes_its_kept_grants_on_sigterm(
     log = server.stop()  # SIGTERM: the worker's store writes what it kept, then exits
     assert fetch_row(row.user_id)["token_data"]["refresh_token"] == issued.issued_refresh_token
     assert "never saved" not in log
+
+
+def test_risc_register_points_the_stream_at_the_receiver(tmp_path: Path) -> None:
+    """Against a stand-in for Google's RISC API: a JWT of the service account (RS256, its
+    key id, the API's audience) and the stream's configuration, then a verification."""
+    from cryptography.hazmat.primitives import hashes, serialization  # noqa: PLC0415
+    from cryptography.hazmat.primitives.asymmetric import padding, rsa  # noqa: PLC0415
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+    account = tmp_path / "risc-admin.json"
+    account.write_text(
+        json.dumps(
+            {
+                "type": "service_account",
+                "client_email": "risc-admin@project.iam.gserviceaccount.com",
+                "private_key_id": "key-1",
+                "private_key": pem,
+            }
+        )
+    )
+    received: list[tuple[str, dict[str, Any], dict[str, Any]]] = []
+
+    class Api(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+        def do_POST(self) -> None:
+            bearer = self.headers["Authorization"].removeprefix("Bearer ")
+            header, claims, signature = bearer.split(".")
+            key.public_key().verify(
+                _unb64(signature),
+                f"{header}.{claims}".encode(),
+                padding.PKCS1v15(),
+                hashes.SHA256(),
+            )
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            received.append(
+                (self.path, json.loads(_unb64(claims)) | json.loads(_unb64(header)), body)
+            )
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+    api_server = ThreadingHTTPServer(("127.0.0.1", 0), Api)
+    threading.Thread(target=api_server.serve_forever, daemon=True).start()
+    try:
+        assert SCRIPT is not None
+        result = subprocess.run(
+            [
+                SCRIPT,
+                "risc-register",
+                "--service-account",
+                str(account),
+                "--receiver-url",
+                "https://mail.example.com/risc",
+                "--api-url",
+                f"http://127.0.0.1:{api_server.server_address[1]}/v1beta",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        api_server.shutdown()
+        api_server.server_close()
+    assert result.returncode == 0, result.stderr
+    (update_path, claims, update), (verify_path, _, verify) = received
+    assert update_path == "/v1beta/stream:update" and verify_path == "/v1beta/stream:verify"
+    assert claims["kid"] == "key-1" and claims["iss"] == claims["sub"]
+    assert claims["aud"].endswith("google.identity.risc.v1beta.RiscManagementService")
+    assert update["delivery"] == {
+        "delivery_method": "https://schemas.openid.net/secevent/risc/delivery-method/push",
+        "url": "https://mail.example.com/risc",
+    }
+    assert str(RiscEvent.TOKEN_REVOKED) in update["events_requested"]
+    assert verify["state"].startswith("gmail-token-store-")
+    assert pem not in result.stdout + result.stderr
+
+
+def _unb64(text: str) -> bytes:
+    import base64  # noqa: PLC0415
+
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def test_several_workers_serve_and_stop_on_sigterm(
+    dsn: str, endpoint: FakeTokenEndpoint, tmp_path: Path, seed: SeedRow
+) -> None:
+    rows = [seed() for _ in range(8)]
+    server = Server(dsn, endpoint, tmp_path / "workers.log", "--workers", "2")
+    try:
+        with requests.Session() as session:
+            for row in rows * 4:
+                answer = session.post(
+                    server.url + f"/api/gmail/refresh/{row.user_id}",
+                    headers={"Authorization": f"Bearer {FULL_KEY}"},
+                    timeout=30,
+                )
+                assert answer.json()["access_token"] == row.access_token
+    finally:
+        log = server.stop()
+    assert server.process.returncode in (0, -signal.SIGTERM), log
+    assert log.count("Started server process") >= 2 and "Traceback" not in log

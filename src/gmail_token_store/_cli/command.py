@@ -37,7 +37,7 @@ from .grants import (
     refresh,
 )
 from .keepalive import notify, refresh_all
-from .web import reconnect_link_for, serve_app
+from .web import reconnect_link_for, risc_register, serve_app
 
 #: Adds one command (name, handler, help) and returns its parser.
 Command = Callable[[str, Handler, str], argparse.ArgumentParser]
@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.set_defaults(handler=handler)
         return sub
 
-    for add in (_grant_commands, _web_commands, _view_commands, _keepalive_commands):
+    for add in (_grant_commands, _web_commands, _risc_command, _view_commands, _keepalive_commands):
         add(command)
     return parser
 
@@ -196,6 +196,37 @@ def _web_commands(command: Command) -> None:
         metavar="SECONDS",
         help="seconds a worker answers the API from memory (default: the store's, 60; 0: "
         "every request reads the row)",
+    )
+
+
+def _risc_command(command: Command) -> None:
+    """risc-register."""
+    sub = command(
+        "risc-register",
+        risc_register,
+        "point the Cloud project's Cross-Account Protection stream at this server's /risc",
+    )
+    sub.add_argument(
+        "--service-account",
+        type=Path,
+        required=True,
+        metavar="FILE",
+        help="a service account key (JSON) with the RISC Configuration Admin role",
+    )
+    sub.add_argument(
+        "--receiver-url",
+        required=True,
+        metavar="URL",
+        help="where Google pushes events: https://<public-url>/risc",
+    )
+    sub.add_argument(
+        "--api-url",
+        default="https://risc.googleapis.com/v1beta",
+        metavar="URL",
+        help="Google's RISC API (default: https://risc.googleapis.com/v1beta)",
+    )
+    sub.add_argument(
+        "--no-verify", action="store_true", help="do not ask Google for a verification event"
     )
 
 

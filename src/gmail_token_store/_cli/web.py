@@ -62,3 +62,39 @@ def serve_app(args: argparse.Namespace) -> int:
 
 def _api_keys_given(args: argparse.Namespace) -> bool:
     return bool(args.api_keys_file or os.environ.get("GMAIL_TOKEN_STORE_API_KEYS", "").strip())
+
+
+def risc_register(args: argparse.Namespace) -> int:
+    import json  # noqa: PLC0415
+
+    try:
+        from ..web import register_stream  # noqa: PLC0415 - needs the web extra
+    except ImportError:
+        raise Failure(
+            "risc-register needs the web extra: pip install 'gmail-token-store[web]'"
+        ) from None
+    from .._options import read_small_file  # noqa: PLC0415
+
+    try:
+        account = json.loads(read_small_file(args.service_account))
+    except (OSError, ValueError):
+        raise Failure(f"cannot read the service account file {args.service_account.name}") from None
+    if not isinstance(account, dict):
+        raise Failure(f"{args.service_account.name} is not a service account key file")
+    try:
+        done = register_stream(
+            account, args.receiver_url, api_url=args.api_url, verify=not args.no_verify
+        )
+    except ValueError as exc:
+        raise Failure(str(exc)) from None
+    except Exception as exc:  # the API's refusal: an httpx error, its status only
+        status = getattr(getattr(exc, "response", None), "status_code", None)
+        what = f"HTTP {status}" if status else "no answer"
+        raise Failure(
+            f"Google's RISC API refused the stream ({what}): check the service account's "
+            "role (RISC Configuration Admin), the RISC API, and that the receiver URL is "
+            "https on an authorized domain"
+        ) from None
+    for line in done:
+        say(line)
+    return EXIT_OK

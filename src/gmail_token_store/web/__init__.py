@@ -24,7 +24,13 @@ from ..consent import AsyncConsentFlow
 from ._api import ApiKey, ApiKeys, api_routes
 from ._consent import consent_routes
 from ._ops import Observed, Requests, ops_routes
-from ._risc import GOOGLE_RISC_CONFIG_URL, RiscOutcome, RiscReceiver, RiscRejected
+from ._risc import (
+    GOOGLE_RISC_CONFIG_URL,
+    RiscOutcome,
+    RiscReceiver,
+    RiscRejected,
+    register_stream,
+)
 
 __all__ = [
     "GOOGLE_RISC_CONFIG_URL",
@@ -33,6 +39,7 @@ __all__ = [
     "RiscOutcome",
     "RiscReceiver",
     "create_app",
+    "register_stream",
 ]
 
 #: Requests larger than this are refused (413): every route takes a query or a small body.
