@@ -139,6 +139,16 @@ class AsyncFacade:
     def create_table(self) -> bool:
         return self.call(self.store.create_table())
 
+    def record_revocation(self, **kwargs: Any) -> Any:
+        return self.call(self.store.record_revocation(**kwargs))
+
+    def reseal_all(self, target: Any, **kwargs: Any) -> Any:
+        return self.call(self.store.reseal_all(target, **kwargs), timeout=300)
+
+    @property
+    def sealing_key_id(self) -> str | None:
+        return self.store.sealing_key_id
+
     def invalidate(self, user_id: Any) -> None:
         self.store.invalidate(user_id)
 
@@ -206,6 +216,8 @@ class Cli:
         assert SCRIPT is not None, "the gmail-token-store script is not installed in this venv"
         self.dsn = dsn
         self.outputs: list[str] = []
+        #: More of the environment for the next runs (e.g. the keyring).
+        self.extra_env: dict[str, str] = {}
         self.secrets: set[str] = {CLIENT_SECRET, DSN_PASSWORD}
         password = psycopg.conninfo.conninfo_to_dict(dsn).get("password")
         if password:  # the throwaway servers' own, in their DSNs
@@ -217,6 +229,7 @@ class Cli:
         }
         env["GMAIL_TOKEN_STORE_DSN"] = self.dsn
         env["GMAIL_TOKEN_STORE_ALLOW_LOOPBACK_TOKEN_URI"] = "1"  # the fake Google
+        env.update(self.extra_env)
         return env
 
     def __call__(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:

@@ -70,8 +70,13 @@ class Listener:
             except OSError:
                 return
             conn.settimeout(2)
+            # A request may come in several writes (headers, then the form): keep reading
+            # until the client gives up (it gets no answer) or 2 s pass.
+            received = b""
             with contextlib.suppress(OSError):
-                self.received.append(conn.recv(65536))
+                while chunk := conn.recv(65536):
+                    received += chunk
+            self.received.append(received)
             conn.close()
 
     def close(self) -> None:

@@ -6,6 +6,9 @@ one builds its own TokenStore, exactly like a separate service replica would.
 
 from __future__ import annotations
 
+import time
+from multiprocessing.queues import Queue
+
 from gmail_token_store import TokenStore
 
 
@@ -15,3 +18,18 @@ def refresh_forever(dsn: str, user_id: str) -> None:
         dsn, allow_loopback_token_uri=True, cache_ttl=0, http_timeout=60.0, lock_timeout=60.0
     ) as store:
         store.get_credentials(user_id)
+
+
+def refresh_loop(
+    dsn: str, keys: str, user_ids: list[str], until: float, errors: Queue[str]
+) -> None:
+    """A service replica: force-refreshes its users until `until`, sealing with `keys`."""
+    with TokenStore(
+        dsn, keys=keys, allow_loopback_token_uri=True, cache_ttl=0, http_timeout=5, lock_timeout=20
+    ) as store:
+        while time.time() < until:
+            for user_id in user_ids:
+                try:
+                    store.refresh(user_id, force=True)
+                except Exception as exc:  # reported to the test
+                    errors.put(f"{type(exc).__name__}: {exc}")

@@ -14,6 +14,7 @@ from importlib.metadata import version as _version
 from ._async_store import AsyncTokenStore
 from ._core.keepalive import KeepaliveReport
 from ._core.record import GMAIL_SEND
+from ._core.reseal import ResealReport, ResealTarget
 from ._default import create_table, get_credentials, get_credentials_async
 from ._options import StoreOptions
 from ._results import (
@@ -32,6 +33,7 @@ from .exceptions import (
     InsufficientScopesError,
     InvalidTokenRecordError,
     InvalidUserIdError,
+    MissingKeyError,
     OAuthClientError,
     ReauthRequiredError,
     RefreshFailedError,
@@ -53,10 +55,13 @@ __all__ = [
     "InvalidTokenRecordError",
     "InvalidUserIdError",
     "KeepaliveReport",
+    "MissingKeyError",
     "OAuthClientError",
     "ReauthRequiredError",
     "RefreshFailedError",
     "RefreshResult",
+    "ResealReport",
+    "ResealTarget",
     "StoreOptions",
     "TokenEvent",
     "TokenNotFoundError",

@@ -12,18 +12,19 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar, Unpack
 
 from google.oauth2.credentials import Credentials
 from psycopg_pool import AsyncConnectionPool
 
 from ._base import StoreBase, new_grant, refresh_result
-from ._core import flows, risc
+from ._core import flows, reseal, risc
 from ._core.effects import Flow
 from ._core.errors import TokenStoreError, parse_user_id
 from ._core.keepalive import KeepaliveReport
 from ._core.record import TokenRecord
+from ._core.reseal import ResealReport, ResealTarget
 from ._handout import AsyncRefresher
 from ._io import fork
 from ._io.async_shell import AsyncShell
@@ -270,6 +271,41 @@ class AsyncTokenStore(StoreBase):
                 token=token,
             )
         )
+
+    async def reseal_all(
+        self,
+        target: ResealTarget,
+        *,
+        page_size: int = 500,
+        progress: Callable[[ResealReport], None] | None = None,
+    ) -> ResealReport:
+        """Seal, re-seal or unseal the secrets of every row, online (`encrypt-all`,
+        `rotate-keys`, `decrypt-all`).
+
+        Args:
+            target: "seal" (plaintext rows get sealed with the sealing key), "rotate" (rows
+                sealed with another key get sealed with the sealing key) or "unseal" (sealed
+                rows go back to plaintext; a store with `seal=False` does it).
+            page_size: rows read and rewritten per statement.
+            progress: called with the report so far after each page.
+
+        Each page is rewritten by compare-and-set on the rows' versions: a row written
+        meanwhile is decided again, never overwritten. Run it again to resume or finish.
+
+        Raises:
+            ConfigurationError: the store has no keys (or does not seal, for seal/rotate).
+        """
+        self._reseal_check(target, page_size)
+        report = ResealReport()
+        while True:
+            page = await self._run(
+                reseal.reseal_page(self._core, target, after=report.last_id, limit=page_size)
+            )
+            report.add(page)
+            if progress is not None:
+                progress(report)
+            if page.rows < page_size:
+                return report
 
     async def create_table(self) -> bool:
         """Create gmail_token if it does not exist (never alters it); True if created."""

@@ -6,20 +6,23 @@ from __future__ import annotations
 import time
 import uuid
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 from google.oauth2.credentials import Credentials
 
-from ._cache import CheckedCache, CredentialsCache
 from ._core import flows
-from ._core.errors import parse_user_id
+from ._core.errors import ConfigurationError, parse_user_id
 from ._core.flows import NewGrant
 from ._core.record import OAuthClient, TokenRecord
 from ._core.state import Core
 from ._core.writes import UnwritableError, to_json, unstorable
-from ._handout import Refresher, hand_out
+from ._handout import CheckedCache, CredentialsCache, Refresher, hand_out
 from ._io.events import logger
-from ._options import StoreOptions, settings_from
+from ._options import Settings, StoreOptions, settings_from
 from ._results import RefreshResult, TokenStatus
+
+if TYPE_CHECKING:
+    from .keys import EnvelopeSealer
 
 #: The width of the production table's robeing_id column (VARCHAR(50)).
 _ROBEING_ID_MAX = 50
@@ -39,7 +42,10 @@ class StoreBase:
             allowed_token_hosts=settings.allowed_token_hosts,
             allow_loopback_token_uri=settings.allow_loopback_token_uri,
             fallback_client=OAuthClient(settings.client_id, settings.client_secret),
+            sealer=(sealer := _sealer(settings)),
         )
+        #: Opens (and, unless `seal=False`, seals) rows' secrets; None: plaintext only.
+        self._sealer = sealer
         self._cache = (
             CredentialsCache(ttl=settings.cache_ttl, max_entries=settings.cache_size)
             if settings.cache_ttl
@@ -61,6 +67,12 @@ class StoreBase:
     def cache_ttl(self) -> float:
         """Seconds a user's credentials are served from memory (0: no cache)."""
         return self._settings.cache_ttl
+
+    @property
+    def sealing_key_id(self) -> str | None:
+        """The key this store seals what it writes with (None: it writes plaintext)."""
+        sealer = self._sealer
+        return sealer.sealing_key_id if sealer is not None and sealer.sealing else None
 
     def invalidate(self, user_id: str | uuid.UUID) -> None:
         """Forget the user's cached credentials; the next call reads the row."""
@@ -131,6 +143,18 @@ class StoreBase:
             self._core, entry.record, entry.record, entry.credentials, time.time()
         )
 
+    def _reseal_check(self, target: object, page_size: object) -> None:
+        if target not in ("seal", "rotate", "unseal"):
+            raise ValueError(f"target must be 'seal', 'rotate' or 'unseal', got {target!r}")
+        if isinstance(page_size, bool) or not isinstance(page_size, int) or page_size < 1:
+            raise ValueError(f"page_size must be a positive int, got {page_size!r}")
+        if self._sealer is None:
+            raise ConfigurationError(
+                "this store has no keys: give it keys (GMAIL_TOKEN_STORE_KEYS) to seal or unseal"
+            )
+        if target != "unseal" and not self._sealer.sealing:
+            raise ConfigurationError(f"{target} needs a store that seals (seal=True)")
+
     def _report_lost_grants(self) -> None:
         for grant in self._core.kept.pending():
             logger.error(
@@ -143,8 +167,20 @@ class StoreBase:
         """In a forked child: the decision state and cache, without the parent's locks."""
         self._core.after_fork()
         self._checked.after_fork()
+        if self._sealer is not None:
+            self._sealer.after_fork()
         if self._cache is not None:
             self._cache.after_fork()
+
+
+def _sealer(settings: Settings) -> EnvelopeSealer | None:
+    """The sealer the `keys` option asks for (cryptography is imported only then)."""
+    if settings.keys is None:
+        return None
+    from .keys import EnvelopeSealer, Keyring  # noqa: PLC0415
+
+    keys = Keyring.parse(settings.keys) if isinstance(settings.keys, str) else settings.keys
+    return EnvelopeSealer(keys, sealing=settings.seal)
 
 
 def new_grant(

@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypedDict
 
+from ._core.sealing import KeyProvider
 from ._core.windows import Windows
 from ._results import EventHook
 from .exceptions import ConfigurationError
@@ -38,6 +39,11 @@ class StoreOptions(TypedDict, total=False):
     max_connections (10): size of the store's own connection pool.
     connect_timeout (10): longest wait for a database connection.
     on_event (None): called with a TokenEvent per refresh, stale serve and failure.
+    keys (None): seal secrets at rest with these keys: a `gmail_token_store.keys.KeyProvider`
+        (e.g. a `Keyring`) or a keyring's text (`id=base64key,...`, the first seals).
+        Rows sealed with a key the store lacks are reported broken, naming the key.
+    seal (True): with `keys`, seal what this store writes; False only opens sealed rows
+        and writes plaintext (readers deployed before sealing is turned on; the way back).
     """
 
     refresh_margin: float
@@ -54,6 +60,8 @@ class StoreOptions(TypedDict, total=False):
     max_connections: int
     connect_timeout: float
     on_event: EventHook | None
+    keys: KeyProvider | str | None
+    seal: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +82,9 @@ class Settings:
     max_connections: int
     connect_timeout: float
     on_event: EventHook | None
+    #: A provider, or a keyring's text (the store parses it: `keys` needs `cryptography`).
+    keys: KeyProvider | str | None = field(repr=False)
+    seal: bool
 
     @property
     def windows(self) -> Windows:
@@ -135,6 +146,9 @@ def settings_from(options: StoreOptions) -> Settings:
     allow_loopback = options.get("allow_loopback_token_uri", False)
     if not isinstance(allow_loopback, bool):
         raise ValueError(f"allow_loopback_token_uri must be True or False, got {allow_loopback!r}")
+    seal = options.get("seal", True)
+    if not isinstance(seal, bool):
+        raise ValueError(f"seal must be True or False, got {seal!r}")
     return Settings(
         refresh_margin=refresh_margin,
         mandatory_refresh_margin=mandatory,
@@ -150,7 +164,15 @@ def settings_from(options: StoreOptions) -> Settings:
         max_connections=_count("max_connections", options.get("max_connections", 10)),
         connect_timeout=_seconds("connect_timeout", options.get("connect_timeout", 10.0)),
         on_event=on_event,
+        keys=_key_provider(options.get("keys")),
+        seal=seal,
     )
+
+
+def _key_provider(value: Any) -> KeyProvider | str | None:
+    if value is None or isinstance(value, KeyProvider | str):
+        return value
+    raise ValueError("keys must be a KeyProvider (e.g. a Keyring), a keyring's text, or None")
 
 
 def env(name: str) -> str | None:
@@ -187,8 +209,38 @@ def options_from_env(options: StoreOptions) -> StoreOptions:
         if flag not in ("0", "1"):
             raise ConfigurationError(f"{ALLOW_LOOPBACK_ENV} must be 1 or 0 (or unset)")
         merged["allow_loopback_token_uri"] = flag == "1"
+    keys = _keys_from_env()
+    if keys is not None:
+        merged["keys"] = keys
+    seal = env(SEAL_ENV)
+    if seal is not None:
+        if seal not in ("0", "1"):
+            raise ConfigurationError(f"{SEAL_ENV} must be 1 or 0 (or unset)")
+        merged["seal"] = seal == "1"
     merged.update(options)
     return merged
+
+
+#: The keyring (`id=base64key,...`, the first seals), or a file holding it; whether to seal.
+KEYS_ENV = "GMAIL_TOKEN_STORE_KEYS"
+KEYS_FILE_ENV = "GMAIL_TOKEN_STORE_KEYS_FILE"
+SEAL_ENV = "GMAIL_TOKEN_STORE_SEAL"
+
+
+def _keys_from_env() -> str | None:
+    """The keyring's text from KEYS_ENV or the file KEYS_FILE_ENV names (not both)."""
+    text, path = env(KEYS_ENV), env(KEYS_FILE_ENV)
+    if text is not None and path is not None:
+        raise ConfigurationError(f"set {KEYS_ENV} or {KEYS_FILE_ENV}, not both")
+    if path is None:
+        return text
+    try:
+        return read_small_file(path, limit=64 * 1024).decode("utf-8")
+    except (OSError, FileRefused, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else str(exc)
+        raise ConfigurationError(
+            f"cannot read the keyring file {KEYS_FILE_ENV}={path}: {reason}"
+        ) from None
 
 
 #: A configuration file (client secrets, keys) is a few KiB; a bigger one is not read.

@@ -5,7 +5,8 @@
     TokenStoreError                      base; .retryable tells "just try again later"
     ├── InvalidUserIdError (ValueError)  the caller passed something that is not a UUID
     ├── ConfigurationError               operator: DSN, credentials, database, role, table,
-    │                                    column or privilege is wrong or missing
+    │   │                                column or privilege is wrong or missing
+    │   └── MissingKeyError              the user's row is sealed with a key the store lacks
     ├── DatabaseUnavailableError         retry later: PostgreSQL unreachable, restarting,
     │                                    read-only, or the connection dropped (retryable)
     ├── TokenNotFoundError               the user never connected Gmail: ask them to
@@ -30,6 +31,7 @@ from ._core.errors import (
     InsufficientScopesError,
     InvalidTokenRecordError,
     InvalidUserIdError,
+    MissingKeyError,
     OAuthClientError,
     ReauthRequiredError,
     RefreshFailedError,
@@ -43,6 +45,7 @@ __all__ = [
     "InsufficientScopesError",
     "InvalidTokenRecordError",
     "InvalidUserIdError",
+    "MissingKeyError",
     "OAuthClientError",
     "ReauthRequiredError",
     "RefreshFailedError",

@@ -29,6 +29,11 @@ def gauge(name: str, help_text: str, samples: Sequence[tuple[str, float]]) -> li
     return lines
 
 
+def label_value(text: str) -> str:
+    """A label value as the exposition format escapes it (a key id comes from a row)."""
+    return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
 def exposition(statuses: Sequence[TokenStatus]) -> str:
     """The metrics for these statuses (one `check_all()`), as exposition text."""
     counts = dict.fromkeys(ROW_STATES, 0)
@@ -51,6 +56,20 @@ def exposition(statuses: Sequence[TokenStatus]) -> str:
             "Seconds until the earliest access token expiry (0: one has expired).",
             [("", min(expiries))],
         )
+    keys: dict[str, int] = {}
+    for status in statuses:
+        if status.key_id is not None:
+            keys[status.key_id] = keys.get(status.key_id, 0) + 1
+    lines += gauge(
+        "gmail_token_sealed_grants",
+        "Grants whose secrets are sealed, by key id (an old key can go at 0).",
+        [(f'{{key_id="{label_value(key)}"}}', count) for key, count in sorted(keys.items())],
+    )
+    lines += gauge(
+        "gmail_token_plaintext_grants",
+        "Grants whose secrets are stored in plaintext.",
+        [("", sum(1 for s in statuses if s.status == "found" and s.key_id is None))],
+    )
     ages = [s.seconds_since_refresh for s in statuses if s.seconds_since_refresh is not None]
     if ages:
         lines += gauge(

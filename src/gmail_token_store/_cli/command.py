@@ -37,6 +37,7 @@ from .grants import (
     refresh,
 )
 from .keepalive import notify, refresh_all
+from .keys import add_commands as _key_commands
 from .web import reconnect_link_for, risc_register, serve_app
 
 #: Adds one command (name, handler, help) and returns its parser.
@@ -71,7 +72,14 @@ def build_parser() -> argparse.ArgumentParser:
         sub.set_defaults(handler=handler)
         return sub
 
-    for add in (_grant_commands, _web_commands, _risc_command, _view_commands, _keepalive_commands):
+    for add in (
+        _grant_commands,
+        _web_commands,
+        _risc_command,
+        _view_commands,
+        _keepalive_commands,
+        _key_commands,
+    ):
         add(command)
     return parser
 

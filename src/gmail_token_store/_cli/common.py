@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from typing import TextIO
 from urllib.parse import urlsplit
 
-from .. import TokenStatus, TokenStore
+from .. import StoreOptions, TokenStatus, TokenStore
 from .._core.errors import parse_user_id
 from .._core.text import describe_user, printable
 
@@ -31,10 +31,16 @@ def say(text: str, stream: TextIO | None = None) -> None:
 
 
 @contextmanager
-def open_store(args: argparse.Namespace, max_connections: int = 2) -> Iterator[TokenStore]:
-    with TokenStore.from_env(
-        args.dsn, connect_timeout=args.connect_timeout, max_connections=max_connections
-    ) as store:
+def open_store(
+    args: argparse.Namespace, max_connections: int = 2, *, unsealing: bool = False
+) -> Iterator[TokenStore]:
+    """The store the environment configures; `unsealing`: one that writes plaintext
+    whatever GMAIL_TOKEN_STORE_SEAL says (decrypt-all)."""
+    options: StoreOptions = {"connect_timeout": args.connect_timeout}
+    options["max_connections"] = max_connections
+    if unsealing:
+        options["seal"] = False
+    with TokenStore.from_env(args.dsn, **options) as store:
         yield store
 
 

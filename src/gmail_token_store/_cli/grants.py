@@ -119,6 +119,15 @@ def table(statuses: Sequence[TokenStatus]) -> str:
     return "\n".join(lines)
 
 
+def by_key(statuses: Sequence[TokenStatus]) -> dict[str, int]:
+    """Rows sealed with each key id (an old key can leave the keyring at 0)."""
+    counts: dict[str, int] = {}
+    for status in statuses:
+        if status.key_id is not None:
+            counts[status.key_id] = counts.get(status.key_id, 0) + 1
+    return counts
+
+
 def list_grants(args: argparse.Namespace) -> int:
     with open_store(args) as store:
         statuses = store.check_all()
@@ -133,6 +142,11 @@ def list_grants(args: argparse.Namespace) -> int:
             if status.needs_attention and status.problem:
                 say(f"{status.user_id}: {status.state}: {printable(status.problem)}")
         say(f"{len(statuses)} grants, {len(attention)} need attention")
+        sealed = by_key(statuses)
+        if sealed:
+            plaintext = len(statuses) - sum(sealed.values())
+            counts = ", ".join(f"{printable(key, 64)}: {n}" for key, n in sorted(sealed.items()))
+            say(f"sealed by key: {counts}; plaintext: {plaintext}")
     if args.needs_attention and attention:
         return EXIT_FAILURE
     return EXIT_OK

@@ -48,6 +48,9 @@ class Statement(enum.Enum):
     FIND_BY_TOKEN_HASH = "find_by_token_hash"  # rows whose refresh token hashes so
     CLAIM_NOTICE = "claim_notice"  # a notice into metadata, by compare-and-set
     MARK_NOTICE = "mark_notice"  # that notice sent, or failed
+    PAGE_ROWS = "page_rows"  # the rows after an id, a page of them (keyset)
+    ROWS_BY_ID = "rows_by_id"  # some rows, by id
+    RESEAL_ROWS = "reseal_rows"  # rows' secrets sealed, re-sealed or unsealed, by compare-and-set
 
 
 # --- database ----------------------------------------------------------------------------

@@ -20,6 +20,7 @@ __all__ = [
     "InsufficientScopesError",
     "InvalidTokenRecordError",
     "InvalidUserIdError",
+    "MissingKeyError",
     "OAuthClientError",
     "ReauthRequiredError",
     "RefreshFailedError",
@@ -54,6 +55,21 @@ def parse_user_id(value: object) -> str:
 class ConfigurationError(TokenStoreError):
     """An operator must fix the setup: the DSN, a password, the database or role, the table,
     a column or a privilege; the message names which."""
+
+
+class MissingKeyError(ConfigurationError):
+    """The user's row is sealed with a key this store does not have (`key_id` names it):
+    add that key to the store's keys (`GMAIL_TOKEN_STORE_KEYS`). Other rows still work."""
+
+    def __init__(self, user_id: str, email: str | None, key_id: str) -> None:
+        super().__init__(
+            f"the Gmail grant of {describe_user(user_id, email)} is sealed with key "
+            f"{printable(key_id)}, which this store does not have; add key "
+            f"{printable(key_id)} to the store's keys (GMAIL_TOKEN_STORE_KEYS)"
+        )
+        self.user_id = user_id
+        self.email = email
+        self.key_id = key_id
 
 
 class DatabaseUnavailableError(TokenStoreError):

@@ -32,6 +32,7 @@ from .errors import (
     InvalidTokenRecordError,
     LeaderInterrupted,
     LockWaitTimeout,
+    MissingKeyError,
     RefreshFailedError,
     TokenNotFoundError,
 )
@@ -355,7 +356,13 @@ def save(
     existing = core.parse(locked.row) if locked.row is not None else None
     if accept is not None:
         accept(existing)
+    if existing is not None and existing.missing_key is not None and not grant.refresh_token:
+        # The row's refresh token is sealed with a key this store lacks: keep it, unwritten
+        # (the shell rolls the transaction back, as for a refused `accept`).
+        raise MissingKeyError(user_id, existing.email, existing.missing_key)
     values = grant_columns(
+        user_id=user_id,
+        sealer=core.sealer,
         existing=existing,
         access_token=grant.access_token,
         refresh_token=grant.refresh_token,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from urllib.parse import urlsplit
 
-from .errors import InvalidTokenRecordError, ReauthRequiredError
+from .errors import InvalidTokenRecordError, MissingKeyError, ReauthRequiredError
 from .record import TokenRecord
 
 _GOOGLE_TOKEN_HOSTS = frozenset(
@@ -99,6 +99,8 @@ def raise_if_unusable(
     record: TokenRecord, policy: TokenUriPolicy, *, refreshing: bool = True
 ) -> None:
     """Raise the error that says who must act, if the row cannot be used (or refreshed)."""
+    if record.missing_key is not None:
+        raise MissingKeyError(record.user_id, record.email, record.missing_key)
     problem = unusable_because(record, policy, refreshing=refreshing)
     if problem:
         raise InvalidTokenRecordError(record.user_id, record.email, problem)

@@ -21,6 +21,19 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from .sealing import (
+    ACCESS,
+    CLIENT_SECRET,
+    REFRESH,
+    KeyUnavailable,
+    SealBroken,
+    Sealer,
+    associated_data,
+    key_id,
+    sealed_part,
+)
+from .text import Masked
+
 GOOGLE_TOKEN_URI = "https://oauth2.googleapis.com/token"
 #: The scope a service needs to send mail: only the "passport" consent grants it.
 GMAIL_SEND = "https://www.googleapis.com/auth/gmail.send"
@@ -135,6 +148,24 @@ class TokenRecord:
     token_data: Mapping[str, Any] = field(repr=False)
     metadata: Mapping[str, Any] | None = field(repr=False)
     problem: str | None
+    #: The row's oauth_config as read (None: NULL or unreadable), for writing it back.
+    oauth_config: Mapping[str, Any] | None = field(default=None, repr=False)
+    #: The key the row's secrets are sealed with (None: plaintext); the one this store
+    #: lacks, when it cannot open them (`sealing`).
+    key_id: str | None = None
+    missing_key: str | None = None
+    #: What a sealed row keeps beside its sealed refresh token, usable without the key:
+    #: `fingerprint`, and Google's identifiers (`prefix_sha256`, `hash_base64_sha512_sha512`).
+    sealed_ids: Mapping[str, str] | None = field(default=None, repr=False)
+    #: Whether token_data and oauth_config were read whole and the secrets are known: the
+    #: row's secrets may be sealed again or unsealed (`reseal`) without losing anything.
+    rewritable: bool = False
+
+    def refresh_token_fingerprint(self) -> str | None:
+        """The stored refresh token's fingerprint (from beside the seal when it is sealed)."""
+        if self.refresh_token:
+            return fingerprint(self.refresh_token)
+        return self.sealed_ids.get("fingerprint") if self.sealed_ids else None
 
     def seconds_left(self, db_now: float) -> float:
         """Seconds until the access token expires by the database's clock (-inf: no token)."""
@@ -280,14 +311,15 @@ def _updated_at(value: float | None, problems: list[str]) -> datetime | None:
 
 
 def _recorded_failure(
-    metadata: Mapping[str, Any], refresh_token: str | None
+    metadata: Mapping[str, Any], refresh_token: str | None, known: str | None = None
 ) -> RefreshFailure | None:
     # A failure only counts while the refresh token it was recorded for is still stored:
     # once save() or another writer stores a new one, the grant deserves a fresh try.
+    # (`known`: the token's fingerprint stored beside a sealed value.)
     entry = metadata.get(FAILURE_KEY)
-    if not isinstance(entry, dict) or not refresh_token:
+    if not isinstance(entry, dict) or not (refresh_token or known):
         return None
-    if entry.get("refresh_token_fingerprint") != fingerprint(refresh_token):
+    if entry.get("refresh_token_fingerprint") != (known or fingerprint(refresh_token or "")):
         return None
     return RefreshFailure(
         error=str(entry.get("error", "unknown")),
@@ -295,6 +327,58 @@ def _recorded_failure(
         at=str(entry.get("at", "")),
         source="risc" if entry.get("source") == "risc" else "token_endpoint",
     )
+
+
+@dataclass(frozen=True, slots=True)
+class _Seal:
+    """A row's sealed value as opened (`secrets` None: it did not open)."""
+
+    key_id: str | None
+    access_key: str
+    secrets: Mapping[str, str] | None
+    missing_key: str | None
+    ids: Mapping[str, str]
+
+
+NO_SEAL = _Seal(None, "access_token", None, None, {})
+
+
+def _open(
+    sealed: Mapping[str, Any],
+    sealer: Sealer | None,
+    user_id: str,
+    token_uri: str,
+    problems: list[str],
+) -> _Seal:
+    """The row's sealed value opened with `sealer`; why not, in `problems`."""
+    stored_key = sealed.get("access_token_key")
+    access_key = stored_key if stored_key in ("access_token", "token") else "access_token"
+    secrets: Mapping[str, str] | None = None
+    missing: str | None = None
+    try:
+        if sealer is None:
+            raise KeyUnavailable(key_id(sealed))
+        secrets = sealer.open(sealed, associated_data(user_id, token_uri))
+    except KeyUnavailable as exc:
+        problems.append(f"its secrets are sealed with key {exc.key_id}, which this store lacks")
+        missing = exc.key_id
+    except SealBroken:
+        problems.append("its sealed secrets do not open: altered, or another user's or token URI's")
+    return _Seal(key_id(sealed), access_key, secrets, missing, _sealed_ids(sealed))
+
+
+def _sealed_ids(sealed: Mapping[str, Any]) -> dict[str, str]:
+    """The refresh token's fingerprint and Google's identifiers kept beside a seal."""
+    ids = sealed.get("refresh_token_ids")
+    found = {
+        name: value
+        for name, value in (ids.items() if isinstance(ids, dict) else ())
+        if name in ("prefix_sha256", "hash_base64_sha512_sha512") and isinstance(value, str)
+    }
+    stored = sealed.get("refresh_token_fingerprint")
+    if isinstance(stored, str):
+        found["fingerprint"] = stored
+    return found
 
 
 def _verified_account(metadata: Mapping[str, Any] | None) -> str | None:
@@ -323,15 +407,25 @@ def _column(raw: Any, column: str, problems: list[str], *, required: bool) -> di
         return None
 
 
-def parse_row(row: Sequence[Any], *, fallback_client: OAuthClient = NO_CLIENT) -> TokenRecord:
+def parse_row(
+    row: Sequence[Any], *, fallback_client: OAuthClient = NO_CLIENT, sealer: Sealer | None = None
+) -> TokenRecord:
     """Turn a row selected with `_sql.COLUMNS` into a TokenRecord; never raises for content.
 
     Client credentials come from `oauth_config`, then `token_data` (token.json layout),
-    then `fallback_client` (the store's constructor / environment).
+    then `fallback_client` (the store's constructor / environment). A sealed row's secrets
+    are opened with `sealer` (see `sealing`).
     """
     problems: list[str] = []
-    token_data = _column(row[3], "token_data", problems, required=True) or {}
-    oauth_config = _column(row[4], "oauth_config", problems, required=False) or {}
+    token_data = Masked(_column(row[3], "token_data", problems, required=True) or ())
+    # (NULL stays None: a write back leaves it NULL.)
+    oauth_column = (
+        None if row[4] is None else _column(row[4], "oauth_config", problems, required=False)
+    )
+    if oauth_column is not None:
+        oauth_column = Masked(oauth_column)
+    oauth_config: Mapping[str, Any] = oauth_column or {}
+    columns_read = not problems
     # None when unreadable: then it is never written back.
     metadata = _column(row[6], "metadata", problems, required=False)
 
@@ -363,6 +457,14 @@ def parse_row(row: Sequence[Any], *, fallback_client: OAuthClient = NO_CLIENT) -
         expiry = parse_expiry(row[7] if row[7] is not None else token_data.get("expiry"))
     except _Unreadable as exc:
         problems.append(str(exc))
+        columns_read = False  # a value of the wrong kind: nothing is rewritten around it
+    sealed = sealed_part(token_data)
+    seal = _open(sealed, sealer, row[1], token_uri, problems) if sealed is not None else NO_SEAL
+    if sealed is not None:
+        access_key = seal.access_key
+        if seal.secrets is not None:
+            access_token, refresh_token = seal.secrets.get(ACCESS), seal.secrets.get(REFRESH)
+            client_secret = seal.secrets.get(CLIENT_SECRET) or client_secret
     updated_at = _updated_at(row[8], problems)
     if not problems and not access_token and not refresh_token:
         problems.append("token_data holds neither an access token nor a refresh token")
@@ -388,10 +490,15 @@ def parse_row(row: Sequence[Any], *, fallback_client: OAuthClient = NO_CLIENT) -
         expiry_epoch=epoch(expiry) if expiry is not None and access_token else -math.inf,
         updated_at=updated_at,
         version=row[9],
-        failure=_recorded_failure(metadata or {}, refresh_token),
+        failure=_recorded_failure(metadata or {}, refresh_token, seal.ids.get("fingerprint")),
         google_account_id=_verified_account(metadata),
         consented_at=_consented_at(metadata),
         token_data=token_data,
         metadata=metadata,
         problem="; ".join(problems) or None,
+        oauth_config=oauth_column,
+        key_id=seal.key_id,
+        missing_key=seal.missing_key,
+        sealed_ids=seal.ids if sealed is not None else None,
+        rewritable=columns_read and (sealed is None or seal.secrets is not None),
     )

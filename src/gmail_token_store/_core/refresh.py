@@ -59,7 +59,7 @@ from .writes import (
     metadata_with_failure,
     metadata_without_failure,
     optional_json,
-    refreshed_token_data,
+    refreshed_columns,
     to_json,
 )
 
@@ -234,8 +234,13 @@ def _keep(core: Core, record: TokenRecord, grant: Grant) -> KeptGrant:
 def grant_params(core: Core, record: TokenRecord, kept: KeptGrant) -> dict[str, Any]:
     """Parameters of WRITE_GRANT (WRITE_GRANT_IF_VERSION also takes `version`)."""
     cleaned_metadata = metadata_without_failure(record)
+    token_data, oauth_config = refreshed_columns(
+        record, kept.access_token, kept.refresh_token, core.sealer
+    )
     return {
-        "token_data": to_json(refreshed_token_data(record, kept.access_token, kept.refresh_token)),
+        "token_data": to_json(token_data),
+        "set_oauth_config": oauth_config is not None,
+        "oauth_config": optional_json(oauth_config),
         "expiry": expiry_param(from_epoch(kept.expiry_epoch), core.expiry_has_time_zone),
         "scopes": optional_json(list(kept.scopes) if kept.scopes is not None else None),
         "set_metadata": cleaned_metadata is not None,

@@ -24,6 +24,7 @@ from .clock import SYSTEM_CLOCK, Clock, DatabaseClock
 from .kept import KeptGrants
 from .policy import TokenUriPolicy
 from .record import NO_CLIENT, OAuthClient, TokenRecord, parse_row
+from .sealing import Sealer
 from .windows import Windows
 
 
@@ -39,19 +40,22 @@ class Core:
         allow_loopback_token_uri: bool = False,
         fallback_client: OAuthClient = NO_CLIENT,
         clock: Clock = SYSTEM_CLOCK,
+        sealer: Sealer | None = None,
     ) -> None:
         self.windows = windows
         self.http_timeout = http_timeout
         self.policy = TokenUriPolicy(allowed_token_hosts, allow_loopback=allow_loopback_token_uri)
         self.fallback_client = fallback_client
         self.clock = clock
+        #: Opens sealed rows and, when it seals, seals what the store writes (or None).
+        self.sealer = sealer
         self.db_clock = DatabaseClock()
         self.kept = KeptGrants()
         #: Whether the table's expiry column is a timestamptz; learnt from the first lock.
         self.expiry_has_time_zone = False
 
     def parse(self, row: Sequence[Any]) -> TokenRecord:
-        return parse_row(row, fallback_client=self.fallback_client)
+        return parse_row(row, fallback_client=self.fallback_client, sealer=self.sealer)
 
     def db_now(self) -> float:
         """The database's time now, by this host's clock and the learnt offset."""

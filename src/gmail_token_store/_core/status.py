@@ -63,6 +63,8 @@ class TokenStatus:
     google_account_id: str | None = None
     #: When the user consented, by a verified consent's record (naive UTC).
     consented_at: datetime | None = None
+    #: The key the row's secrets are sealed with (`gmail_token_store.keys`); None: plaintext.
+    key_id: str | None = None
 
     @property
     def needs_attention(self) -> bool:
@@ -96,6 +98,7 @@ class TokenStatus:
             "account_verified": self.account_verified,
             "google_account_id": self.google_account_id,
             "consented_at": _iso(self.consented_at),
+            "key_id": self.key_id,
         }
 
 
@@ -167,6 +170,7 @@ def classify(
         account_verified=record.google_account_id is not None,
         google_account_id=record.google_account_id,
         consented_at=record.consented_at,
+        key_id=record.key_id,
     )
 
 

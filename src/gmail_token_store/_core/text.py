@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from typing import Any
 
 # C0 controls (LF, CR, ESC, BEL, ...), DEL, C1 controls, the Unicode line and paragraph
 # separators, and the bidirectional and zero-width format characters.
@@ -45,6 +46,17 @@ def mask(token: str | None) -> str:
     if not token:
         return "None"
     return f"'{token[:6]}…'" if len(token) >= 24 else "'…'"
+
+
+class Masked(dict[str, Any]):
+    """A dict that holds secrets (a row's token_data, the secrets a seal held): its repr
+    shows its keys, never its values, wherever it ends up (a traceback's locals, a debug
+    print of a record, a cache)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return f"<{len(self)} keys: {', '.join(sorted(map(str, self)))[:200]}>"
 
 
 def describe_user(user_id: str, email: str | None) -> str:

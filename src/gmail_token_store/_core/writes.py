@@ -22,6 +22,7 @@ from .record import (
     fingerprint,
     utc_naive,
 )
+from .sealing import ACCESS, SEALED_KEY, Sealer, plain_columns, sealed_columns
 
 
 class UnwritableError(ValueError):
@@ -87,15 +88,39 @@ def expiry_param(expiry: datetime, column_has_time_zone: bool) -> datetime:
     return expiry.replace(tzinfo=UTC) if column_has_time_zone else expiry
 
 
-def refreshed_token_data(
-    record: TokenRecord, access_token: str, refresh_token: str | None
-) -> dict[str, Any]:
-    """Return token_data with the new access token under the key it was read from."""
-    data = dict(record.token_data)
-    data[record.access_token_key] = access_token
-    if refresh_token:
-        data["refresh_token"] = refresh_token
-    return data
+def refreshed_columns(
+    record: TokenRecord, access_token: str, refresh_token: str | None, sealer: Sealer | None
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """token_data with the new tokens (under the key the access token was read from), and
+    the oauth_config to write, or None to leave it: a store that seals seals the row
+    (its client secret leaves oauth_config), a store that does not unseals a sealed row
+    (the secret goes back), and a plaintext row stays as it was but for the tokens."""
+    client_secret = record.client_secret if record.client_in_row else None
+    refresh_token = refresh_token or record.refresh_token  # (not rotated: the same one)
+    if sealer is not None and sealer.sealing:
+        data, config = sealed_columns(
+            sealer,
+            user_id=record.user_id,
+            token_uri=record.token_uri,
+            token_data=record.token_data,
+            oauth_config=record.oauth_config,
+            access_token=access_token,
+            access_token_key=record.access_token_key,
+            refresh_token=refresh_token,
+            client_secret=client_secret,
+            fingerprint=fingerprint(refresh_token) if refresh_token else None,
+        )
+        changed = record.oauth_config is not None and "client_secret" in record.oauth_config
+        return data, config if changed else None
+    data, config = plain_columns(
+        token_data=record.token_data,
+        oauth_config=record.oauth_config,
+        access_token=access_token,
+        access_token_key=record.access_token_key,
+        refresh_token=refresh_token,
+        client_secret=client_secret if record.key_id is not None else None,
+    )
+    return data, config if record.key_id is not None and client_secret else None
 
 
 def metadata_with_failure(
@@ -105,14 +130,15 @@ def metadata_with_failure(
 
     `source` "risc" says Google reported it (a security event), not the token endpoint.
     """
-    if record.metadata is None or not record.refresh_token:
+    token_fingerprint = record.refresh_token_fingerprint()
+    if record.metadata is None or token_fingerprint is None:
         return None
     data = dict(record.metadata)
     data[FAILURE_KEY] = {
         "error": error,
         "description": description,
         "at": at.isoformat(timespec="seconds") + "Z",
-        "refresh_token_fingerprint": fingerprint(record.refresh_token),
+        "refresh_token_fingerprint": token_fingerprint,
     }
     if source is not None:
         data[FAILURE_KEY]["source"] = source
@@ -139,6 +165,8 @@ class GrantColumns:
 
 def grant_columns(
     *,
+    user_id: str,
+    sealer: Sealer | None,
     existing: TokenRecord | None,
     access_token: str | None,
     refresh_token: str | None,
@@ -160,6 +188,9 @@ def grant_columns(
     """
     token_data = dict(existing.token_data) if existing else {}
     token_data.pop("token", None)
+    token_data.pop(SEALED_KEY, None)
+    # What the new grant does not say stays the row's (a sealed row's, opened).
+    refresh_token = refresh_token or (existing.refresh_token if existing else None)
     token_data["access_token"] = access_token
     if refresh_token:
         token_data["refresh_token"] = refresh_token
@@ -172,6 +203,41 @@ def grant_columns(
             "client_secret": client_secret,
             "token_uri": token_uri or GOOGLE_TOKEN_URI,
         }
+    # The row's own client secret, when the grant brings no client (sealed, or not).
+    own_secret = (
+        existing.client_secret
+        if oauth_config is None and existing is not None and existing.client_in_row
+        else None
+    )
+    if sealer is not None and sealer.sealing:
+        sealed_secret = client_secret if oauth_config is not None else own_secret
+        if own_secret is not None and existing is not None:
+            config = existing.oauth_config
+            oauth_config = dict(config) if config is not None else None
+        token_data, oauth_config = sealed_columns(
+            sealer,
+            user_id=user_id,
+            token_uri=(oauth_config or {}).get("token_uri")
+            or (existing.token_uri if existing else None)
+            or GOOGLE_TOKEN_URI,
+            token_data=token_data,
+            oauth_config=oauth_config,
+            access_token=access_token,
+            access_token_key=ACCESS,
+            refresh_token=refresh_token,
+            client_secret=sealed_secret,
+            fingerprint=fingerprint(refresh_token) if refresh_token else None,
+        )
+    elif own_secret is not None and existing is not None and existing.key_id is not None:
+        # A sealed row written in plaintext: its client secret comes out of the seal.
+        token_data, oauth_config = plain_columns(
+            token_data=token_data,
+            oauth_config=existing.oauth_config,
+            access_token=None,
+            access_token_key=ACCESS,
+            refresh_token=None,
+            client_secret=own_secret,
+        )
 
     merged_meta = dict(existing.metadata or {}) if existing else {}
     for key in ACCOUNT_KEYS:

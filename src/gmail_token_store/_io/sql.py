@@ -72,6 +72,19 @@ LIST_ROWS = Sql(
     privilege="SELECT",
 )
 
+#: A page of rows after an id (keyset pagination: nothing stays open between pages).
+PAGE_ROWS = Sql(
+    f"SELECT {COLUMNS}, {_DB_CLOCK}, {_DB_LOCAL_TIME} FROM {TABLE}"
+    " WHERE id > %(after)s ORDER BY id LIMIT %(limit)s",
+    privilege="SELECT",
+)
+#: Some rows by id (read again after a compare-and-set missed them).
+ROWS_BY_ID = Sql(
+    f"SELECT {COLUMNS}, {_DB_CLOCK}, {_DB_LOCAL_TIME} FROM {TABLE}"
+    " WHERE id = ANY(%(ids)s::int[]) ORDER BY id",
+    privilege="SELECT",
+)
+
 _LOCK_ROW = f"SELECT {COLUMNS}, {_DB_CLOCK} FROM {TABLE} WHERE user_id = {{}} FOR NO KEY UPDATE"
 #: Privileges a row lock needs, by its purpose (`LockRow.purpose`): `FOR NO KEY UPDATE`
 #: needs UPDATE; the refresh writes back, a save may insert.
@@ -100,6 +113,8 @@ def lock_row(user_id: str, wait_ms: int | None, idle_timeout_ms: int) -> sql.Com
 _RETURNING = f" RETURNING {COLUMNS}, {_DB_CLOCK}"
 _SET_GRANT = (
     "token_data = %(token_data)s::jsonb, expiry = %(expiry)s,"
+    " oauth_config = CASE WHEN %(set_oauth_config)s THEN %(oauth_config)s::jsonb"
+    " ELSE oauth_config END,"
     " scopes = COALESCE(%(scopes)s::jsonb, scopes),"
     " metadata = CASE WHEN %(set_metadata)s THEN %(metadata)s::jsonb ELSE metadata END,"
     " updated_at = CURRENT_TIMESTAMP"
@@ -146,13 +161,16 @@ FIND_BY_ACCOUNT = Sql(
     privilege="SELECT",
 )
 _REFRESH_TOKEN = "COALESCE(token_data->>'refresh_token', '')"
+_SEALED_IDS = "token_data->'sealed'->'refresh_token_ids'"
 FIND_BY_TOKEN_PREFIX = Sql(
-    f"SELECT {COLUMNS}, {_DB_CLOCK} FROM {TABLE} WHERE left({_REFRESH_TOKEN}, 16) = %(identifier)s",
+    f"SELECT {COLUMNS}, {_DB_CLOCK} FROM {TABLE} WHERE left({_REFRESH_TOKEN}, 16) = %(identifier)s"
+    f" OR {_SEALED_IDS}->>'prefix_sha256' = %(sealed)s",
     privilege="SELECT",
 )
 FIND_BY_TOKEN_HASH = Sql(
     f"SELECT {COLUMNS}, {_DB_CLOCK} FROM {TABLE} WHERE translate(encode(sha512(sha512("
-    f"convert_to({_REFRESH_TOKEN}, 'UTF8'))), 'base64'), E'\\n', '') = %(identifier)s",
+    f"convert_to({_REFRESH_TOKEN}, 'UTF8'))), 'base64'), E'\\n', '') = %(identifier)s"
+    f" OR {_SEALED_IDS}->>'hash_base64_sha512_sha512' = %(sealed)s",
     privilege="SELECT",
 )
 
@@ -167,6 +185,20 @@ CLAIM_NOTICE = Sql(
 MARK_NOTICE = Sql(
     f"UPDATE {TABLE} SET metadata = jsonb_set(metadata, '{{notice,status}}', to_jsonb("
     "%(status)s::text)) WHERE id = %(row_id)s AND metadata->'notice'->>'id' = %(message_id)s",
+    privilege="UPDATE",
+)
+
+#: Rewrite rows' secret-holding columns, each only if it is still the version that was read
+#: and nobody holds its lock (skipped, not waited for: the caller reads it again). Nothing
+#: else changes, `updated_at` included: the grant is the same.
+RESEAL_ROWS = Sql(
+    "WITH wanted AS (SELECT * FROM jsonb_to_recordset(%(rows)s::jsonb) AS w(id int,"
+    " version text, token_data jsonb, set_oauth_config boolean, oauth_config jsonb)),"
+    f" target AS (SELECT t.id FROM {TABLE} t JOIN wanted w ON t.id = w.id"
+    " AND t.xmin = w.version::xid FOR NO KEY UPDATE OF t SKIP LOCKED)"
+    f" UPDATE {TABLE} t SET token_data = w.token_data, oauth_config = CASE WHEN"
+    " w.set_oauth_config THEN w.oauth_config ELSE t.oauth_config END"
+    " FROM wanted w, target WHERE t.id = w.id AND t.id = target.id RETURNING t.id",
     privilege="UPDATE",
 )
 
@@ -209,6 +241,9 @@ SQL: dict[Statement, Sql] = {
     Statement.FIND_BY_TOKEN_HASH: FIND_BY_TOKEN_HASH,
     Statement.CLAIM_NOTICE: CLAIM_NOTICE,
     Statement.MARK_NOTICE: MARK_NOTICE,
+    Statement.PAGE_ROWS: PAGE_ROWS,
+    Statement.ROWS_BY_ID: ROWS_BY_ID,
+    Statement.RESEAL_ROWS: RESEAL_ROWS,
 }
 
 
