@@ -46,7 +46,9 @@ def label(status: TokenStatus) -> str:
 
 def is_due(status: TokenStatus, *, within: float, idle_days: float) -> bool:
     """True when the row's token expires within `within` s or it was not refreshed lately."""
-    if status.remaining_seconds is None or status.remaining_seconds < within:
+    # (An expired token counts whatever `within` says: remaining_seconds is 0 for it, so
+    # `--within 0` would otherwise pick nothing.)
+    if status.remaining_seconds is None or status.is_expired or status.remaining_seconds < within:
         return True
     return (
         status.seconds_since_refresh is not None and status.seconds_since_refresh > idle_days * DAY

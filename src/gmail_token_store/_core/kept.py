@@ -189,8 +189,15 @@ class KeptGrants:
     def _expire(self, now: float) -> None:
         # Saved grants leave when old or when there are too many; pending ones never do
         # (they are the only copy), so a store with more than KEPT_MAX pending keeps them.
-        for user_id, grant in list(self._grants.items()):
-            if len(self._grants) <= KEPT_MAX and now - grant.kept_at < KEPT_FOR:
+        # Oldest first, stopping at the first that may stay: O(what leaves), not O(kept) per
+        # call (a copy of every grant per refresh made a keepalive quadratic).
+        excess = len(self._grants) - KEPT_MAX
+        leaving = []
+        for user_id, grant in self._grants.items():
+            if excess <= 0 and now - grant.kept_at < KEPT_FOR:
                 break
             if not grant.pending:
-                self._remove(user_id)
+                leaving.append(user_id)
+                excess -= 1
+        for user_id in leaving:
+            self._remove(user_id)
