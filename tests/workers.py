@@ -6,7 +6,9 @@ one builds its own TokenStore, exactly like a separate service replica would.
 
 from __future__ import annotations
 
-from gmail_token_store import TokenStore
+from multiprocessing.connection import Connection
+
+from gmail_token_store import TokenStore, TokenStoreError
 
 
 def refresh_forever(dsn: str, user_id: str) -> None:
@@ -15,3 +17,15 @@ def refresh_forever(dsn: str, user_id: str) -> None:
         dsn, allow_loopback_token_uri=True, cache_ttl=0, http_timeout=60.0, lock_timeout=60.0
     ) as store:
         store.get_credentials(user_id)
+
+
+def serve_credentials(dsn: str, user_id: str, conn: Connection) -> None:
+    """A service replica: answer each "get" on `conn` with ("token", the access token) or
+    ("error", the error's class name), from one long-lived store (default cache), until
+    "stop"."""
+    with TokenStore(dsn, allow_loopback_token_uri=True, http_timeout=5.0) as store:
+        while conn.recv() != "stop":
+            try:
+                conn.send(("token", store.get_credentials(user_id).token))
+            except TokenStoreError as exc:
+                conn.send(("error", type(exc).__name__))
