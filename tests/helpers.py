@@ -298,6 +298,19 @@ def one_line(text: str) -> str:
     return lines[0]
 
 
+def authorize(client_secrets: Any, user_id: str, *options: str) -> list[str]:
+    """The arguments of `authorize --no-browser` for one user."""
+    return [
+        "authorize",
+        "--client-secrets",
+        str(client_secrets),
+        "--user-id",
+        user_id,
+        "--no-browser",
+        *options,
+    ]
+
+
 def query_of(url: str) -> dict[str, str]:
     """A URL's query parameters (the last value of a repeated one), as a route reads them."""
     return dict(parse_qsl(urlsplit(url).query, keep_blank_values=True))
