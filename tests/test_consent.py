@@ -8,19 +8,26 @@ than the ones needed. Every refusal leaves the row exactly as it was.
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
 import threading
 import time
 import traceback
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import pytest
+import requests
 from psycopg.types.json import Jsonb
 
 from gmail_token_store import GMAIL_SEND, ReauthRequiredError, TokenStore
+from gmail_token_store._cli.authorize import authorize as run_authorize
 from gmail_token_store._core.consent import STATE_LIFETIME, Signer, new_state
 from gmail_token_store.consent import (
     AsyncConsentFlow,
@@ -36,7 +43,17 @@ from gmail_token_store.consent import (
 from gmail_token_store.testing import FakeAccount, FakeTokenEndpoint
 
 from conftest import CLIENT_ID, CLIENT_SECRET, Seeded, SeedRow
-from helpers import CONSENT_SECRET, AsyncFacade, leaked, query_of
+from helpers import (
+    CONSENT_SECRET,
+    SCRIPT,
+    AsyncFacade,
+    Cli,
+    authorize,
+    leaked,
+    one_line,
+    query_of,
+    wait_until,
+)
 
 T = TypeVar("T")
 FetchRow = Callable[[str], dict[str, Any]]
@@ -646,3 +663,152 @@ def test_no_consent_error_repr_or_log_line_carries_a_secret(
     text = "\n".join("".join(traceback.format_exception(error)) for error in errors)
     text += repr(consent.flow) + "\n".join(record.getMessage() for record in caplog.records)
     assert leaked(text, secrets) == []
+
+
+# --- the authorize command -------------------------------------------------------------------
+
+
+@contextmanager
+def authorizing(
+    cli: Cli, client_secrets: Path, user_id: str, *options: str
+) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """`authorize --no-browser` running in a subprocess, and the URL it printed."""
+    assert SCRIPT is not None
+    process = subprocess.Popen(
+        [SCRIPT, *authorize(client_secrets, user_id, *options)],
+        env=cli.env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        url = ""
+        while not url:
+            line = process.stdout.readline()  # printed at once, even though stdout is a pipe
+            assert line, "authorize printed no URL"
+            cli.outputs.append(line)
+            match = re.search(r"https?://\S+", line)
+            url = match.group(0) if match else ""
+        yield process, url
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def finished(cli: Cli, process: subprocess.Popen[str]) -> str:
+    """Wait for the command; its stderr."""
+    out, err = process.communicate(timeout=60)
+    cli.outputs += [out, err]
+    return err
+
+
+@pytest.mark.parametrize("row_kind", ["account-id", "legacy-email"])
+def test_authorize_refuses_another_google_account_and_writes_nothing(
+    cli: Cli,
+    client_secrets: Path,
+    seed: SeedRow,
+    endpoint: FakeTokenEndpoint,
+    fetch_row: FetchRow,
+    owner: FakeAccount,
+    intruder: FakeAccount,
+    row_kind: str,
+) -> None:
+    row = verified_row(seed, owner) if row_kind == "account-id" else seed(email=owner.email)
+    cli.secrets |= {row.access_token, row.refresh_token}
+    before = fetch_row(row.user_id)
+    with authorizing(cli, client_secrets, row.user_id, "--timeout", "60") as (process, url):
+        assert query_of(url)["login_hint"] in (owner.sub, owner.email)
+        location = endpoint.consent(url, account=intruder)
+        page = requests.get(location, timeout=30)
+        cli.outputs.append(page.text)
+        assert page.status_code == 200 and "Gmail was not connected" in page.text
+        err = finished(cli, process)
+
+    assert process.returncode == 1
+    line = one_line(err)
+    assert line.startswith("gmail-token-store: error: ") and row.user_id in line
+    assert intruder.email in line or "another Google account" in line
+    assert fetch_row(row.user_id) == before
+
+
+def test_authorize_for_a_new_user_with_email_refuses_another_account(
+    cli: Cli,
+    client_secrets: Path,
+    endpoint: FakeTokenEndpoint,
+    fetch_row: FetchRow,
+    owner: FakeAccount,
+    intruder: FakeAccount,
+) -> None:
+    user_id = str(uuid.uuid4())
+    with authorizing(cli, client_secrets, user_id, "--email", owner.email) as (process, url):
+        requests.get(endpoint.consent(url, account=intruder), timeout=30)
+        err = finished(cli, process)
+
+    assert process.returncode == 1
+    assert f"{intruder.email} is not {owner.email}" in one_line(err)
+    with pytest.raises(AssertionError, match="no row"):
+        fetch_row(user_id)
+
+
+def test_authorize_for_a_new_user_without_email_is_refused_before_any_consent(
+    cli: Cli, client_secrets: Path, endpoint: FakeTokenEndpoint, fetch_row: FetchRow
+) -> None:
+    user_id = str(uuid.uuid4())
+
+    result = cli(*authorize(client_secrets, user_id))
+
+    assert result.returncode == 1 and result.stdout == ""  # no URL to follow
+    assert f"user {user_id} has no grant yet: pass --email" in one_line(result.stderr)
+    assert endpoint.requests == []
+    with pytest.raises(AssertionError, match="no row"):
+        fetch_row(user_id)
+
+
+@pytest.mark.parametrize("ending", ["connected", "timed-out"])
+def test_authorize_leaves_the_environment_as_it_found_it(
+    dsn: str,
+    client_secrets: Path,
+    endpoint: FakeTokenEndpoint,
+    owner: FakeAccount,
+    capsys: pytest.CaptureFixture[str],
+    ending: str,
+) -> None:
+    environment = dict(os.environ)
+    outcome: list[object] = []
+
+    def run() -> None:
+        with TokenStore(dsn, allow_loopback_token_uri=True) as store:
+            try:
+                outcome.append(
+                    run_authorize(
+                        store,
+                        client_secrets=client_secrets,
+                        user_id=str(uuid.uuid4()),
+                        email=owner.email,
+                        open_browser=False,
+                        timeout=30 if ending == "connected" else 0.5,
+                    )
+                )
+            except TimeoutError as exc:
+                outcome.append(exc)
+
+    command = threading.Thread(target=run)
+    command.start()
+    if ending == "connected":
+        printed: list[str] = []
+
+        def url_printed() -> bool:
+            printed.append(capsys.readouterr().out)
+            return "http" in "".join(printed)
+
+        wait_until(url_printed)
+        url = re.search(r"https?://\S+", "".join(printed))
+        assert url is not None
+        requests.get(endpoint.consent(url.group(0), account=owner), timeout=30)
+    command.join(timeout=60)
+
+    assert len(outcome) == 1
+    assert isinstance(outcome[0], ConsentResult if ending == "connected" else TimeoutError)
+    assert dict(os.environ) == environment
