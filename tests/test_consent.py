@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import subprocess
 import threading
 import time
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar, cast
+from urllib.parse import urlsplit
 
 import pytest
 import requests
@@ -764,6 +766,70 @@ def test_authorize_for_a_new_user_without_email_is_refused_before_any_consent(
     assert endpoint.requests == []
     with pytest.raises(AssertionError, match="no row"):
         fetch_row(user_id)
+
+
+def _silent(sock: socket.socket) -> None:
+    """Connect and send nothing."""
+    del sock
+
+
+def _dripping(sock: socket.socket) -> None:
+    """Send a request a byte at a time, slower than anyone reads it, until cut off."""
+    for byte in b"GET /auth/gmail/callback?code=x&state=y HTTP/1.1\r\n":
+        try:
+            sock.sendall(bytes([byte]))
+        except OSError:
+            return  # the command shut the connection
+        time.sleep(0.5)  # the client's own pace (not a synchronisation)
+
+
+@pytest.mark.parametrize("client", [_silent, _dripping], ids=["silent", "dripping"])
+def test_authorize_ends_at_its_timeout_whatever_a_local_client_does(
+    cli: Cli,
+    client_secrets: Path,
+    owner: FakeAccount,
+    client: Callable[[socket.socket], None],
+) -> None:
+    user_id = str(uuid.uuid4())
+    with authorizing(cli, client_secrets, user_id, "--email", owner.email, "--timeout", "2") as (
+        process,
+        url,
+    ):
+        began = time.monotonic()
+        port = urlsplit(query_of(url)["redirect_uri"]).port
+        assert port is not None
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            pesterer = threading.Thread(target=client, args=(sock,), daemon=True)
+            pesterer.start()
+            err = finished(cli, process)
+            took = time.monotonic() - began
+
+    assert process.returncode == 1
+    assert "no authorization arrived within 2 s; nothing was stored" in one_line(err)
+    assert took < 2 + 1.0, f"authorize took {took:.1f} s with --timeout 2"
+
+
+def test_authorize_takes_only_its_own_callback(
+    cli: Cli,
+    client_secrets: Path,
+    endpoint: FakeTokenEndpoint,
+    fetch_row: FetchRow,
+    owner: FakeAccount,
+) -> None:
+    user_id = str(uuid.uuid4())
+    with authorizing(cli, client_secrets, user_id, "--email", owner.email) as (process, url):
+        callback = urlsplit(query_of(url)["redirect_uri"])
+        # A local process gets there first, with a made-up callback: it is not ours.
+        forged = requests.get(
+            f"http://{callback.netloc}{callback.path}?code=4/0made-up&state=made-up", timeout=30
+        )
+        assert forged.status_code == 404
+        assert requests.get(endpoint.consent(url, account=owner), timeout=30).status_code == 200
+        err = finished(cli, process)
+
+    assert process.returncode == 0, err
+    assert fetch_row(user_id)["metadata"]["google_account_id"] == owner.sub
+    assert len(code_exchanges(endpoint)) == 1
 
 
 @pytest.mark.parametrize("ending", ["connected", "timed-out"])
