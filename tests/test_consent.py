@@ -489,6 +489,31 @@ def test_a_link_that_allows_an_account_change_connects_another_account(
     assert metadata["google_account_id"] == intruder.sub and metadata["email"] == intruder.email
 
 
+def test_an_account_change_cannot_be_added_to_a_link_by_whoever_holds_it(
+    consent: Consent,
+    seed: SeedRow,
+    endpoint: FakeTokenEndpoint,
+    fetch_row: FetchRow,
+    owner: FakeAccount,
+) -> None:
+    row = verified_row(seed, owner)
+    before = fetch_row(row.user_id)
+    forwarded = consent.link(row.user_id)  # a link someone forwarded, or found in a log
+
+    with pytest.raises(ConsentLinkError, match="signature"):
+        consent.start({**query_of(forwarded), "change": "1"})
+
+    # Nor does an account-change link lose its restriction's signature by editing it.
+    changing = query_of(consent.link(row.user_id, allow_account_change=True))
+    for edited in (
+        {**changing, "change": "0"},
+        {k: v for k, v in changing.items() if k != "change"},
+    ):
+        with pytest.raises(ConsentLinkError):
+            consent.start(edited)
+    assert fetch_row(row.user_id) == before and endpoint.requests == []
+
+
 def test_a_consent_started_for_an_email_accepts_only_that_account(
     consent: Consent,
     endpoint: FakeTokenEndpoint,

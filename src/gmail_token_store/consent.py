@@ -172,13 +172,14 @@ class _Consent:
         row's (say, the user's address changed)."""
         uid = parse_user_id(user_id)
         expires = int(time.time() + valid_for)
-        link = decide.reconnect_link(self._signer, self.start_url, uid, expires=expires)
-        return link + "&change=1" if allow_account_change else link
+        return decide.reconnect_link(
+            self._signer, self.start_url, uid, expires=expires, allow_change=allow_account_change
+        )
 
     def _link_user(self, params: Mapping[str, str]) -> tuple[str, bool]:
-        user_id = decide.check_link(self._signer, params, now=time.time())
+        user_id, allow_change = decide.check_link(self._signer, params, now=time.time())
         try:
-            return parse_user_id(user_id), params.get("change") == "1"
+            return parse_user_id(user_id), allow_change
         except ValueError:
             raise ConsentLinkError("this link names no valid user") from None
 

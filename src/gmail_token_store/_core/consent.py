@@ -120,28 +120,45 @@ class Signer:
 # --- the reconnect link ----------------------------------------------------------------------
 
 
-def reconnect_link(signer: Signer, start_url: str, user_id: str, *, expires: int) -> str:
-    """A link to the start route for `user_id`, signed, valid until `expires` (epoch s).
+def _link_purpose(allow_change: bool) -> str:
+    """The key a link is signed with: an account-change link has its own, so a link's
+    holder can neither add the change to a plain link nor drop it from a changing one."""
+    return "link+change" if allow_change else "link"
+
+
+def reconnect_link(
+    signer: Signer, start_url: str, user_id: str, *, expires: int, allow_change: bool = False
+) -> str:
+    """A link to the start route for `user_id`, signed, valid until `expires` (epoch s);
+    with `allow_change`, it may connect another Google account than the row's.
 
     It names the user and carries a signature, never a secret: anyone holding it can only
-    start a consent that must be finished with the user's own Google account.
+    start a consent that must be finished with the user's own Google account (any account,
+    with `allow_change`).
     """
     query = {"user_id": user_id, "expires": str(expires)}
-    query["sig"] = signer.sign("link", f"{user_id}|{expires}")
+    if allow_change:
+        query["change"] = "1"
+    query["sig"] = signer.sign(_link_purpose(allow_change), f"{user_id}|{expires}")
     separator = "&" if urlsplit(start_url).query else "?"
     return start_url + separator + urlencode(query)
 
 
-def check_link(signer: Signer, params: Mapping[str, str], *, now: float) -> str:
-    """The user id a reconnect link is for; ConsentLinkError if it is tampered or expired."""
+def check_link(signer: Signer, params: Mapping[str, str], *, now: float) -> tuple[str, bool]:
+    """(the user id a reconnect link is for, whether it allows an account change);
+    ConsentLinkError if it is tampered or expired."""
     user_id, expires, signature = (params.get(key, "") for key in ("user_id", "expires", "sig"))
+    change = params.get("change")
     if not (user_id and expires.isdigit() and signature) or len(user_id) > 64:
         raise ConsentLinkError("this link is incomplete or not one of ours")
-    if not signer.valid("link", f"{user_id}|{expires}", signature):
+    if change not in (None, "1"):
+        raise ConsentLinkError("this link is not one of ours")
+    allow_change = change == "1"
+    if not signer.valid(_link_purpose(allow_change), f"{user_id}|{expires}", signature):
         raise ConsentLinkError("this link's signature is not valid")
     if int(expires) < now:
         raise ConsentLinkError("this link has expired", user_id=user_id)
-    return user_id
+    return user_id, allow_change
 
 
 # --- the consent's state, bound to one browser, used once -------------------------------------
