@@ -8,6 +8,8 @@ than the ones needed. Every refusal leaves the row exactly as it was.
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import re
 import socket
@@ -30,7 +32,7 @@ from psycopg.types.json import Jsonb
 
 from gmail_token_store import GMAIL_SEND, ReauthRequiredError, TokenStore
 from gmail_token_store._cli.authorize import authorize as run_authorize
-from gmail_token_store._core.consent import STATE_LIFETIME, Signer, new_state
+from gmail_token_store._core.consent import STATE_LIFETIME, Signer, identity, new_state
 from gmail_token_store.consent import (
     AsyncConsentFlow,
     ConsentDeclinedError,
@@ -180,6 +182,10 @@ LINK_TAMPERING: dict[str, Callable[[dict[str, str]], dict[str, str]]] = {
     "user-id": lambda q: {**q, "user_id": str(uuid.uuid4())},
     "expiry": lambda q: {**q, "expires": str(int(q["expires"]) + 86_400)},
     "no-signature": lambda q: {key: value for key, value in q.items() if key != "sig"},
+    "non-ascii-signature": lambda q: {**q, "sig": q["sig"][:-1] + "\u00e9"},
+    "non-ascii-user-id": lambda q: {**q, "user_id": "\u00e9" + q["user_id"][1:]},
+    "surrogate-in-user-id": lambda q: {**q, "user_id": "\udcff" + q["user_id"][1:]},
+    "non-ascii-digits-in-expiry": lambda q: {**q, "expires": "\u00b2" * 10},
     "signature-of-another-purpose": lambda q: {
         **q,
         "sig": Signer(CONSENT_SECRET).sign("state", f"{q['user_id']}|{q['expires']}"),
@@ -286,6 +292,12 @@ STATE_TAMPERING: dict[str, Callable[[Started], Callback]] = {
     "payload-swapped": _swap_payload,
     "other-users-state-with-our-cookie": _their_state_our_cookie,
     "without-the-cookie": _no_cookie,
+    "non-ascii-signature": lambda c: Callback(
+        {**c.ours.params, "state": c.ours.params["state"][:-1] + "\u00e9"},
+        c.ours.binding,
+        c.ours.start,
+    ),
+    "non-ascii-cookie": lambda c: Callback(c.ours.params, "\u00e9\udcff", c.ours.start),
     "expired": _expired,
     "another-secret": _another_secret,
 }
@@ -534,6 +546,70 @@ def test_a_consent_started_for_an_email_accepts_only_that_account(
         fetch_row(user_id)
     assert consented(owner).email == owner.email
     assert fetch_row(user_id)["metadata"]["google_account_id"] == owner.sub
+
+
+# --- the ID token's claims (checked without a signature: it comes straight from Google) ------
+
+NONCE = "nonce-of-this-consent-" + "n" * 10
+
+
+def _jwt(claims: dict[str, Any]) -> str:
+    def part(value: dict[str, Any]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()
+
+    return f"{part({'alg': 'RS256', 'kid': 'k'})}.{part(claims)}.c2lnbmF0dXJl"
+
+
+def _claims(**changes: Any) -> dict[str, Any]:
+    claims: dict[str, Any] = {
+        "iss": "https://accounts.google.com",
+        "aud": CLIENT_ID,
+        "azp": CLIENT_ID,
+        "sub": "110169484474386276334",
+        "email": "owner@gmail.com",
+        "email_verified": True,
+        "nonce": NONCE,
+        "iat": int(time.time()),
+        "exp": int(time.time()) + 3600,
+    }
+    claims.update(changes)
+    return {key: value for key, value in claims.items() if value is not None}
+
+
+ID_TOKENS: dict[str, object] = {
+    "another-issuer": _jwt(_claims(iss="https://accounts.example.com")),
+    "another-audience": _jwt(_claims(aud="another-client")),
+    "another-authorized-party": _jwt(_claims(aud=[CLIENT_ID, "x"], azp="x")),
+    "expired": _jwt(_claims(exp=int(time.time()) - 3600)),
+    "another-nonce": _jwt(_claims(nonce="nonce-of-another-consent")),
+    "no-nonce": _jwt(_claims(nonce=None)),
+    "non-ascii-nonce": _jwt(_claims(nonce="n\u00f6nce")),
+    "no-account": _jwt(_claims(sub="")),
+    "unverified-email": _jwt(_claims(email_verified=False)),
+    "no-email": _jwt(_claims(email=None)),
+    "not-a-jwt": "not-a-jwt",
+    "payload-not-json": "e30.bm90IGpzb24.c2ln",
+    "payload-a-list": _jwt([1, 2]),  # type: ignore[arg-type]
+    "absent": None,
+}
+
+
+@pytest.mark.parametrize("token", ID_TOKENS, ids=list(ID_TOKENS))
+def test_an_id_token_that_is_not_for_this_consent_is_refused(token: str) -> None:
+    with pytest.raises(ConsentError, match="ID token") as caught:
+        identity(ID_TOKENS[token], client_id=CLIENT_ID, nonce=NONCE, now=time.time(), user_id="u")
+    assert type(caught.value) is ConsentError and caught.value.page == "failed"
+
+
+def test_an_id_token_for_this_consent_names_its_account() -> None:
+    who = identity(
+        _jwt(_claims(iss="accounts.google.com", email_verified="true")),
+        client_id=CLIENT_ID,
+        nonce=NONCE,
+        now=time.time(),
+        user_id="u",
+    )
+    assert (who.sub, who.email) == ("110169484474386276334", "owner@gmail.com")
 
 
 # --- the code exchange ----------------------------------------------------------------------

@@ -12,6 +12,7 @@ import logging
 import multiprocessing
 import socket
 import threading
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -491,3 +492,57 @@ def test_no_secret_reaches_a_url_a_page_or_a_log_line(
     link_signature = query_of(service.link(row.user_id))["sig"]
     assert "saved the Gmail grant" in logged(caplog)
     assert leaked(logged(caplog), secrets | callback_values | {link_signature}) == []
+
+
+HOSTILE_LINKS: dict[str, Callable[[str], str]] = {
+    "non-ascii-signature": lambda link: link[:-2] + "%C3%A9",
+    "invalid-utf8-signature": lambda link: link[:-2] + "%FF%FE",
+    "account-change-added": lambda link: link + "&change=1",
+    "user-id-repeated": lambda link: link + f"&user_id={uuid.uuid4()}",
+    "nothing": lambda link: link.split("?")[0],
+    "huge-user-id": lambda link: link.replace("user_id=", "user_id=" + "a" * 5000),
+}
+
+
+@pytest.mark.parametrize("tampering", HOSTILE_LINKS, ids=list(HOSTILE_LINKS))
+def test_a_hostile_link_gets_the_expired_page_never_a_server_error(
+    service: Service, seed: SeedRow, endpoint: FakeTokenEndpoint, tampering: str
+) -> None:
+    row = seed()
+    answer = requests.get(
+        HOSTILE_LINKS[tampering](service.link(row.user_id)), allow_redirects=False, timeout=30
+    )
+    assert answer.status_code == 400 and 'data-outcome="expired"' in answer.text
+    assert "set-cookie" not in answer.headers and endpoint.requests == []
+
+
+HOSTILE_CALLBACKS: dict[str, Callable[[dict[str, str]], dict[str, str]]] = {
+    "non-ascii-state-signature": lambda q: {**q, "state": q["state"][:-1] + "\u00e9"},
+    "state-without-signature": lambda q: {**q, "state": q["state"].partition(".")[0]},
+    "huge-state": lambda q: {**q, "state": q["state"] * 50},
+    "no-state": lambda q: {key: value for key, value in q.items() if key != "state"},
+    "nothing": lambda _q: {},
+}
+
+
+@pytest.mark.parametrize("tampering", HOSTILE_CALLBACKS, ids=list(HOSTILE_CALLBACKS))
+def test_a_hostile_callback_gets_the_expired_page_never_a_server_error(
+    service: Service,
+    seed: SeedRow,
+    endpoint: FakeTokenEndpoint,
+    fetch_row: FetchRow,
+    tampering: str,
+) -> None:
+    account = endpoint.add_account("target@gmail.com")
+    row = dead_grant(seed, endpoint, account)
+    before = fetch_row(row.user_id)
+    session = requests.Session()  # the browser that started it, cookie and all
+    start = session.get(service.link(row.user_id), allow_redirects=False, timeout=30)
+    callback = query_of(endpoint.consent(start.headers["location"], account=account))
+
+    answer = session.get(
+        service.url + CALLBACK_PATH, params=HOSTILE_CALLBACKS[tampering](callback), timeout=30
+    )
+
+    assert answer.status_code == 400 and 'data-outcome="expired"' in answer.text
+    assert fetch_row(row.user_id) == before and code_exchanges(endpoint) == []

@@ -94,6 +94,17 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
+def _utf8(text: str) -> bytes:
+    """Any text a browser (or Google) sent, as bytes: never an error, lone surrogates too."""
+    return text.encode("utf-8", "surrogatepass")
+
+
+def same(ours: str, theirs: str) -> bool:
+    """A constant-time comparison that takes any text (`hmac.compare_digest` raises
+    TypeError for non-ASCII strings: a hostile value would be a server error)."""
+    return hmac.compare_digest(_utf8(ours), _utf8(theirs))
+
+
 class Signer:
     """HMAC-SHA256 with keys derived from one secret, one per purpose (a link's signature
     cannot pass as a state's, and no derived value reveals another)."""
@@ -111,10 +122,10 @@ class Signer:
         return hmac.new(self._root, b"gmail-token-store/" + purpose.encode(), "sha256").digest()
 
     def sign(self, purpose: str, message: str) -> str:
-        return _b64(hmac.new(self.key(purpose), message.encode(), "sha256").digest())
+        return _b64(hmac.new(self.key(purpose), _utf8(message), "sha256").digest())
 
     def valid(self, purpose: str, message: str, signature: str) -> bool:
-        return hmac.compare_digest(self.sign(purpose, message), signature)
+        return same(self.sign(purpose, message), signature)
 
 
 # --- the reconnect link ----------------------------------------------------------------------
@@ -149,7 +160,7 @@ def check_link(signer: Signer, params: Mapping[str, str], *, now: float) -> tupl
     ConsentLinkError if it is tampered or expired."""
     user_id, expires, signature = (params.get(key, "") for key in ("user_id", "expires", "sig"))
     change = params.get("change")
-    if not (user_id and expires.isdigit() and signature) or len(user_id) > 64:
+    if not (user_id and expires.isascii() and expires.isdigit() and signature) or len(user_id) > 64:
         raise ConsentLinkError("this link is incomplete or not one of ours")
     if change not in (None, "1"):
         raise ConsentLinkError("this link is not one of ours")
@@ -200,7 +211,7 @@ def pkce_challenge(verifier: str) -> str:
 
 
 def _binding_hash(binding: str) -> str:
-    return _b64(hashlib.sha256(binding.encode()).digest())[:22]
+    return _b64(hashlib.sha256(_utf8(binding)).digest())[:22]
 
 
 def new_state(
@@ -246,7 +257,7 @@ def check_state(signer: Signer, state: str, binding: str | None, *, now: float) 
         raise ConsentLinkError("the consent's state is malformed") from None
     if expires < now:
         raise ConsentLinkError("the consent took too long; start again", user_id=user_id)
-    if not binding or not hmac.compare_digest(_binding_hash(binding), expected_binding):
+    if not binding or not same(_binding_hash(binding), expected_binding):
         raise ConsentLinkError(
             "this consent was started in another browser (or its cookie is gone); start again",
             user_id=user_id,
@@ -324,7 +335,7 @@ def identity(id_token: object, *, client_id: str, nonce: str, now: float, user_i
         "it has expired": not isinstance(claims.get("exp"), int | float)
         or claims["exp"] + CLOCK_LEEWAY < now,
         "it is not the answer to this consent (nonce)": not isinstance(claims.get("nonce"), str)
-        or not hmac.compare_digest(claims["nonce"], nonce),
+        or not same(nonce, claims["nonce"]),
         "it names no account": not isinstance(claims.get("sub"), str) or not claims["sub"],
         "its email is missing or not verified": not isinstance(claims.get("email"), str)
         or claims.get("email_verified") not in (True, "true"),
