@@ -546,3 +546,31 @@ def test_a_hostile_callback_gets_the_expired_page_never_a_server_error(
 
     assert answer.status_code == 400 and 'data-outcome="expired"' in answer.text
     assert fetch_row(row.user_id) == before and code_exchanges(endpoint) == []
+
+
+MARKUP = '<script>alert("x")</script><img src=x onerror=alert(1)>'
+
+
+@pytest.mark.parametrize("where", ["row-email", "google-email", "callback-error"])
+def test_text_from_the_database_google_or_the_browser_is_escaped_on_the_page(
+    service: Service, seed: SeedRow, endpoint: FakeTokenEndpoint, where: str
+) -> None:
+    google_email = (MARKUP if where == "google-email" else "plain") + "@gmail.com"
+    account = endpoint.add_account(google_email)
+    if where == "row-email":  # a legacy row naming another address: the wrong-account page
+        row = seed(email=MARKUP + "@example.com")
+    else:
+        row = seed(email=None, metadata=Jsonb({}))
+    session = requests.Session()
+    start = session.get(service.link(row.user_id), allow_redirects=False, timeout=30)
+    params = query_of(endpoint.consent(start.headers["location"], account=account))
+    if where == "callback-error":
+        params = {"state": params["state"], "error": MARKUP}
+
+    page = session.get(service.url + CALLBACK_PATH, params=params, timeout=30)
+
+    expected = {"row-email": "wrong-account", "google-email": "connected"}.get(where, "failed")
+    assert f'data-outcome="{expected}"' in page.text
+    assert "<script" not in page.text and "<img" not in page.text
+    assert "&lt;script&gt;" in page.text
+    assert "script-src" not in page.headers["content-security-policy"]  # default-src 'none'
