@@ -684,6 +684,42 @@ def test_two_consents_racing_for_one_user_leave_one_grant_whole(
         assert stored["scopes"] == list(winner.scopes)
 
 
+def test_two_consents_racing_for_a_new_user_save_one_account_and_refuse_the_other(
+    make_store: Callable[..., TokenStore],
+    endpoint: FakeTokenEndpoint,
+    fetch_row: FetchRow,
+    owner: FakeAccount,
+    intruder: FakeAccount,
+) -> None:
+    replicas = [Consent(make_store(), endpoint) for _ in range(2)]
+    for _ in range(5):
+        user_id = str(uuid.uuid4())  # no row yet: whoever saves first names the account
+        callbacks = [
+            replica.callback(user_id, account)
+            for replica, account in zip(replicas, [owner, intruder], strict=True)
+        ]
+
+        results = at_once(
+            *(
+                partial(replica.complete, callback.params, callback.binding)
+                for replica, callback in zip(replicas, callbacks, strict=True)
+            )
+        )
+
+        # As if one after the other: the second finds the first's account in the row.
+        [saved] = [r for r in results if isinstance(r, ConsentResult)]
+        [refused] = [r for r in results if not isinstance(r, ConsentResult)]
+        assert isinstance(refused, WrongAccountError), refused
+        stored = fetch_row(user_id)
+        assert stored["metadata"]["google_account_id"] == saved.google_account_id
+        [exchange] = [
+            r
+            for r in code_exchanges(endpoint)[-2:]
+            if r.issued_access_token == stored["token_data"]["access_token"]
+        ]
+        assert exchange.account.sub == saved.google_account_id
+
+
 # --- Google's limit on refresh tokens --------------------------------------------------------
 
 
