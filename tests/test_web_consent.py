@@ -8,9 +8,11 @@ also tried without a browser (requests) where a browser cannot send what an atta
 
 from __future__ import annotations
 
+import json
 import logging
 import multiprocessing
 import socket
+import subprocess
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -37,7 +39,7 @@ from gmail_token_store.testing import FakeAccount, FakeTokenEndpoint
 from gmail_token_store.web import create_app
 
 from conftest import CLIENT_ID, CLIENT_SECRET, Seeded, SeedRow, utcnow
-from helpers import CONSENT_SECRET, leaked, query_of, wait_until
+from helpers import CONSENT_SECRET, SCRIPT, Cli, leaked, query_of, wait_until
 from workers import serve_credentials
 
 CHROMIUM = "/usr/bin/chromium"
@@ -574,3 +576,74 @@ def test_text_from_the_database_google_or_the_browser_is_escaped_on_the_page(
     assert "<script" not in page.text and "<img" not in page.text
     assert "&lt;script&gt;" in page.text
     assert "script-src" not in page.headers["content-security-policy"]  # default-src 'none'
+
+
+# --- the serve command ---------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def test_serve_runs_the_consent_and_logs_no_link_signature_code_or_state(
+    cli: Cli,
+    endpoint: FakeTokenEndpoint,
+    seed: SeedRow,
+    fetch_row: FetchRow,
+    tmp_path: Path,
+) -> None:
+    account = endpoint.add_account("served@gmail.com")
+    row = dead_grant(seed, endpoint, account)
+    cli.secrets |= {row.access_token, row.refresh_token, CONSENT_SECRET}
+    secrets_file = tmp_path / "web_client.json"
+    client = endpoint.client_config(CLIENT_ID, CLIENT_SECRET)["installed"]
+    secrets_file.write_text(json.dumps({"web": client}))
+    public_url = f"http://127.0.0.1:{free_port()}"
+    env = {**cli.env(), "GMAIL_TOKEN_STORE_SECRET": CONSENT_SECRET}
+    assert SCRIPT is not None
+    link = subprocess.run(
+        [SCRIPT, "reconnect-link", row.user_id, "--public-url", public_url],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    command = [SCRIPT, "serve", "--client-secrets", str(secrets_file), "--public-url", public_url]
+    server = subprocess.Popen(
+        [*command, "--port", public_url.rsplit(":", 1)[1]],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        session = requests.Session()
+
+        def listening() -> bool:
+            assert server.poll() is None, "serve exited"
+            try:
+                requests.get(public_url, timeout=1)
+            except requests.ConnectionError:
+                return False
+            return True
+
+        wait_until(listening, timeout=30)
+        start = session.get(link, allow_redirects=False, timeout=30)
+        callback = endpoint.consent(start.headers["location"], account=account)
+        page = session.get(callback, timeout=30)
+        assert 'data-outcome="connected"' in page.text
+    finally:
+        server.terminate()  # a graceful shutdown: the app closes its store
+        log, _ = server.communicate(timeout=30)
+        cli.outputs.append(log)
+    assert server.returncode in (0, -15), log
+    [exchange] = code_exchanges(endpoint)
+    assert fetch_row(row.user_id)["token_data"]["access_token"] == exchange.issued_access_token
+
+    assert '"GET /auth/gmail/passport HTTP/1.1" 303' in log  # the access log, paths only
+    assert '"GET /auth/gmail/callback HTTP/1.1" 200' in log
+    in_urls = {query_of(link)["sig"], *(query_of(callback)[key] for key in ("code", "state"))}
+    assert leaked(log, in_urls | {start.cookies[COOKIE]} | secrets_of(endpoint, row)) == []

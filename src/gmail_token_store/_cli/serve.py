@@ -7,6 +7,7 @@ environment (`GMAIL_TOKEN_STORE_SERVE_*`), which only this module reads and writ
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -25,9 +26,27 @@ _PUBLIC_URL = "GMAIL_TOKEN_STORE_SERVE_PUBLIC_URL"
 _DSN = "GMAIL_TOKEN_STORE_SERVE_DSN"
 
 
+class PathOnly(logging.Filter):
+    """uvicorn's access log lines without query strings: a reconnect link's carries its
+    signature (good for a week), the callback's Google's code and the consent's state."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        # uvicorn logs '%s - "%s %s HTTP/%s" %d': client, method, path?query, version, status
+        args = record.args
+        if isinstance(args, tuple) and len(args) == 5 and isinstance(args[2], str):
+            record.args = (args[0], args[1], args[2].partition("?")[0], args[3], args[4])
+        return True
+
+
+_PATH_ONLY = PathOnly()
+
+
 def make_app() -> Starlette:
     """The app of one worker: its own store and flows, from what `run` put in the
     environment (and the store's own: GMAIL_TOKEN_STORE_DSN, GOOGLE_CLIENT_*, ...)."""
+    access_log = logging.getLogger("uvicorn.access")  # configured by uvicorn by now
+    if _PATH_ONLY not in access_log.filters:
+        access_log.addFilter(_PATH_ONLY)
     store = AsyncTokenStore.from_env(os.environ.get(_DSN) or None)
     public_url = os.environ[_PUBLIC_URL]
     consent = AsyncConsentFlow.from_client_secrets(
