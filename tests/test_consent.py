@@ -905,6 +905,21 @@ def test_authorize_for_a_new_user_without_email_is_refused_before_any_consent(
         fetch_row(user_id)
 
 
+def test_authorize_on_a_port_in_use_fails_in_one_line(
+    cli: Cli, client_secrets: Path, owner: FakeAccount
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        result = cli(
+            *authorize(client_secrets, str(uuid.uuid4()), "--email", owner.email, "--port", port)
+        )
+    assert result.returncode == 1 and result.stdout == ""
+    line = one_line(result.stderr)
+    assert f"127.0.0.1:{port}" in line and "--port" in line and "Traceback" not in line
+
+
 def _silent(sock: socket.socket) -> None:
     """Connect and send nothing."""
     del sock

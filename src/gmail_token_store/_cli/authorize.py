@@ -131,8 +131,8 @@ def authorize(
     redirect to the loopback port completes the consent.
 
     Raises:
-        ConfigurationError: an unusable client secrets file, a refused token_uri, or a new
-            user without `email`. TimeoutError: no redirect arrived in time.
+        ConfigurationError: an unusable client secrets file, a refused token_uri, a new
+            user without `email`, a port in use. TimeoutError: no redirect arrived in time.
         ConsentError and its subclasses: declined, another account, a scope not granted.
     """
     client = _client(client_secrets)
@@ -145,7 +145,14 @@ def authorize(
             f"user {user_id} has no grant yet: pass --email, the Gmail address that must consent"
         )
     deadline = time.monotonic() + timeout
-    with _OneShot(port) as server:
+    try:
+        listening = _OneShot(port)
+    except OSError as exc:
+        raise ConfigurationError(
+            f"cannot listen on 127.0.0.1:{port} for Google's redirect ({exc.strerror}); "
+            "pass another --port, or none"
+        ) from None
+    with listening as server:
         bound = server.server_address[1]
         flow = ConsentFlow(
             store,
