@@ -15,8 +15,8 @@ import socket
 import subprocess
 import threading
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 import requests
 import uvicorn
+from fastapi import FastAPI
 from psycopg.types.json import Jsonb
 from selenium import webdriver
 from selenium.webdriver.chrome.options import Options as ChromeOptions
@@ -32,6 +33,7 @@ from selenium.webdriver.chrome.service import Service as ChromeService
 from selenium.webdriver.chrome.webdriver import WebDriver
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.wait import WebDriverWait
+from starlette.applications import Starlette
 
 from gmail_token_store import GMAIL_SEND, AsyncTokenStore
 from gmail_token_store.consent import AsyncConsentFlow
@@ -140,10 +142,32 @@ class Service:
         return self.flow.reconnect_link(user_id, **options)
 
 
+def in_fastapi(consent_app: Starlette, store: AsyncTokenStore) -> FastAPI:
+    """The consent app mounted in a FastAPI service, as the README shows: a mounted app's
+    lifespan does not run, so the service's own closes the store."""
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        await store.aclose()
+
+    service = FastAPI(lifespan=lifespan)
+
+    @service.get("/health")
+    async def health() -> dict[str, bool]:
+        return {"ok": True}
+
+    service.mount("/", consent_app)  # last: it takes every path the service does not
+    return service
+
+
 @contextmanager
-def served(dsn: str, endpoint: FakeTokenEndpoint, *, scheme: str = "http") -> Iterator[Service]:
+def served(
+    dsn: str, endpoint: FakeTokenEndpoint, *, scheme: str = "http", mounted: bool = False
+) -> Iterator[Service]:
     """create_app on uvicorn in a thread (its own event loop), on a port bound first so that
-    the redirect URI can name it. With `scheme="https"` the flow believes it is behind TLS."""
+    the redirect URI can name it. With `scheme="https"` the flow believes it is behind TLS;
+    with `mounted`, the app is mounted in a FastAPI service."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
@@ -157,7 +181,9 @@ def served(dsn: str, endpoint: FakeTokenEndpoint, *, scheme: str = "http") -> It
         auth_uri=endpoint.auth_uri,
         token_uri=endpoint.token_uri,
     )
-    app = create_app(store, consent=flow, close_store=True)
+    app = create_app(store, consent=flow, close_store=not mounted)
+    if mounted:
+        app = in_fastapi(app, store)
     server = uvicorn.Server(uvicorn.Config(app, lifespan="on", log_config=None))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
@@ -441,6 +467,22 @@ def test_the_binding_cookie_is_httponly_samesite_lax_and_gone_after_the_callback
     browser.find_element(By.CSS_SELECTOR, "button[name=decision][value=allow]").click()
     assert outcome(browser) == "connected"
     assert browser.get_cookie(COOKIE) is None
+
+
+def test_mounted_in_fastapi_the_consent_routes_work_next_to_the_services_own(
+    dsn: str, endpoint: FakeTokenEndpoint, seed: SeedRow, fetch_row: FetchRow
+) -> None:
+    account = endpoint.add_account("mounted@gmail.com")
+    row = dead_grant(seed, endpoint, account)
+    with served(dsn, endpoint, mounted=True) as mounted:
+        assert requests.get(mounted.url + "/health", timeout=30).json() == {"ok": True}
+        browser = requests.Session()
+        start = browser.get(mounted.link(row.user_id), allow_redirects=False, timeout=30)
+        callback = endpoint.consent(start.headers["location"], account=account)
+        page = browser.get(callback, timeout=30)
+    assert 'data-outcome="connected"' in page.text
+    [exchange] = code_exchanges(endpoint)
+    assert fetch_row(row.user_id)["token_data"]["access_token"] == exchange.issued_access_token
 
 
 # --- without a browser: what an attacker would send ----------------------------------------
