@@ -8,12 +8,15 @@ also tried without a browser (requests) where a browser cannot send what an atta
 
 from __future__ import annotations
 
+import html
 import json
 import logging
 import multiprocessing
+import re
 import socket
 import subprocess
 import threading
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -590,6 +593,38 @@ def test_a_hostile_callback_gets_the_expired_page_never_a_server_error(
 
     assert answer.status_code == 400 and 'data-outcome="expired"' in answer.text
     assert fetch_row(row.user_id) == before and code_exchanges(endpoint) == []
+
+
+def retry_link(page: requests.Response) -> str | None:
+    """The fresh start a page offers, if any."""
+    found = re.search(r'<a class="button" href="([^"]+)"', page.text)
+    return html.unescape(found.group(1)) if found else None
+
+
+def test_a_fresh_start_offered_on_a_page_never_outlives_the_link_it_came_from(
+    service: Service, seed: SeedRow, endpoint: FakeTokenEndpoint
+) -> None:
+    account = endpoint.add_account("renewer@gmail.com")
+    row = dead_grant(seed, endpoint, account)
+
+    def declined(link: str, *, after: float = 0.0) -> requests.Response:
+        browser = requests.Session()
+        start = browser.get(link, allow_redirects=False, timeout=30)
+        callback = endpoint.consent(start.headers["location"], account=account, decision="deny")
+        wait_until(lambda: time.time() >= after, timeout=10)
+        page = browser.get(callback, timeout=30)
+        assert 'data-outcome="declined"' in page.text
+        return page
+
+    link = service.link(row.user_id, valid_for=120)
+    again = retry_link(declined(link))
+    assert again is not None and query_of(again)["user_id"] == row.user_id
+    assert int(query_of(again)["expires"]) <= int(query_of(link)["expires"])
+
+    # Declining again and again cannot keep a link alive past its end: once it is over,
+    # a page offers no fresh start.
+    short = service.link(row.user_id, valid_for=1)
+    assert retry_link(declined(short, after=int(query_of(short)["expires"]) + 1)) is None
 
 
 MARKUP = '<script>alert("x")</script><img src=x onerror=alert(1)>'

@@ -43,13 +43,19 @@ CLOCK_LEEWAY = 120.0
 
 
 class ConsentError(TokenStoreError):
-    """The consent did not give a grant; nothing was written. `page` names what to show."""
+    """The consent did not give a grant; nothing was written. `page` names what to show.
+
+    `retry_until` (epoch seconds) is how long a fresh reconnect link for `user_id` may be
+    offered: the end of the link the consent started from, so that no page extends a link
+    (None: offer none, e.g. for a consent the service started itself).
+    """
 
     page = "failed"
 
     def __init__(self, message: str, *, user_id: str | None = None) -> None:
         super().__init__(message)
         self.user_id = user_id
+        self.retry_until: int | None = None
 
 
 class ConsentLinkError(ConsentError):
@@ -155,9 +161,19 @@ def reconnect_link(
     return start_url + separator + urlencode(query)
 
 
-def check_link(signer: Signer, params: Mapping[str, str], *, now: float) -> tuple[str, bool]:
-    """(the user id a reconnect link is for, whether it allows an account change);
-    ConsentLinkError if it is tampered or expired."""
+@dataclass(frozen=True, slots=True)
+class Link:
+    """A verified reconnect link: whom it is for, until when, and whether it lets another
+    Google account in."""
+
+    user_id: str
+    expires: int
+    allow_change: bool
+
+
+def check_link(signer: Signer, params: Mapping[str, str], *, now: float) -> Link:
+    """The reconnect link in a start route's query; ConsentLinkError if it is tampered or
+    expired."""
     user_id, expires, signature = (params.get(key, "") for key in ("user_id", "expires", "sig"))
     change = params.get("change")
     if not (user_id and expires.isascii() and expires.isdigit() and signature) or len(user_id) > 64:
@@ -169,7 +185,7 @@ def check_link(signer: Signer, params: Mapping[str, str], *, now: float) -> tupl
         raise ConsentLinkError("this link's signature is not valid")
     if int(expires) < now:
         raise ConsentLinkError("this link has expired", user_id=user_id)
-    return user_id, allow_change
+    return Link(user_id, int(expires), allow_change)
 
 
 # --- the consent's state, bound to one browser, used once -------------------------------------
@@ -196,6 +212,8 @@ class ConsentState:
     allow_change: bool
     #: The email the consenting account must have, when the starter said so.
     expect_email: str | None = None
+    #: The end of the reconnect link the consent started from (None: started without one).
+    link_expires: int | None = None
 
     def pkce_verifier(self, signer: Signer) -> str:
         """The PKCE code verifier (RFC 7636: 43 characters), derived, never stored."""
@@ -221,6 +239,7 @@ def new_state(
     now: float,
     allow_change: bool = False,
     expect_email: str | None = None,
+    link_expires: int | None = None,
 ) -> tuple[str, ConsentState, str]:
     """(the `state` parameter, its ConsentState, the browser binding to keep)."""
     nonce = _b64(secrets.token_bytes(18))
@@ -231,9 +250,11 @@ def new_state(
         payload["c"] = 1
     if expect_email:
         payload["x"] = expect_email[:320]
+    if link_expires is not None:
+        payload["l"] = int(link_expires)
     body = _b64(json.dumps(payload, separators=(",", ":")).encode())
     state = f"{body}.{signer.sign('state', body)}"
-    pending = ConsentState(user_id, nonce, expires, allow_change, payload.get("x"))
+    pending = ConsentState(user_id, nonce, expires, allow_change, payload.get("x"), link_expires)
     return state, pending, binding
 
 
@@ -262,9 +283,14 @@ def check_state(signer: Signer, state: str, binding: str | None, *, now: float) 
             "this consent was started in another browser (or its cookie is gone); start again",
             user_id=user_id,
         )
-    expect = payload.get("x")
+    expect, link_expires = payload.get("x"), payload.get("l")
     return ConsentState(
-        user_id, nonce, expires, bool(payload.get("c")), expect if isinstance(expect, str) else None
+        user_id,
+        nonce,
+        expires,
+        bool(payload.get("c")),
+        expect if isinstance(expect, str) else None,
+        link_expires if isinstance(link_expires, int) else None,
     )
 
 
