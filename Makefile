@@ -22,8 +22,8 @@ check: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-# PostgreSQL, PgBouncer, faketime, iptables, iproute2: installed when missing (as root), else
-# the exact apt-get command is printed.
+# PostgreSQL, PgBouncer, faketime, iptables, iproute2, util-linux, chromium and
+# chromium-driver: installed when missing (as root), else the exact apt-get command is printed.
 system-packages:
 	@sh scripts/system-packages.sh
 

@@ -1,11 +1,12 @@
 #!/bin/sh
 # Install the Debian packages the test suite runs for real, when any is missing:
 # PostgreSQL and PgBouncer (the servers), faketime (skewed clocks), iptables, iproute2 and
-# util-linux (partitions in a private network namespace). As root through apt-get;
+# util-linux (partitions in a private network namespace), chromium and chromium-driver
+# (the consent driven in a real browser, through Selenium). As root through apt-get;
 # otherwise stop and print the command to run. With arguments, only those packages
 # (`make demo` needs only postgresql).
 set -eu
-wanted=${*:-postgresql pgbouncer faketime iptables iproute2 util-linux}
+wanted=${*:-postgresql pgbouncer faketime iptables iproute2 util-linux chromium chromium-driver}
 
 missing=""
 need() {  # need PACKAGE TEST...: PACKAGE is missing unless the test succeeds
@@ -22,6 +23,8 @@ need faketime command -v faketime
 need iptables sh -c 'command -v iptables || [ -x /usr/sbin/iptables ]'
 need iproute2 sh -c 'command -v ip || [ -x /usr/sbin/ip ]'
 need util-linux command -v unshare
+need chromium test -x /usr/bin/chromium
+need chromium-driver test -x /usr/bin/chromedriver
 
 [ -z "$missing" ] && exit 0
 if [ "$(id -u)" -ne 0 ]; then

@@ -4,10 +4,12 @@ from `gmail_token_store.testing.fixtures`, under the short names the suite uses.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, cast
 
 import psycopg
@@ -201,6 +203,14 @@ def cli(dsn: str, endpoint: FakeTokenEndpoint) -> Iterator[Cli]:
     runner = Cli(dsn)
     yield runner
     assert runner.leaked(endpoint) == [], "a secret reached the command's output"
+
+
+@pytest.fixture
+def client_secrets(endpoint: FakeTokenEndpoint, tmp_path: Path) -> Path:
+    """A Google client secrets file for an installed app, pointing at the fake endpoint."""
+    path = tmp_path / "client_secret.json"
+    path.write_text(json.dumps(endpoint.client_config(CLIENT_ID, CLIENT_SECRET)))
+    return path
 
 
 @pytest.fixture

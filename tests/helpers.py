@@ -14,6 +14,7 @@ import time
 from collections.abc import Awaitable, Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, TypeVar
+from urllib.parse import parse_qsl, urlsplit
 
 import psycopg
 
@@ -27,6 +28,8 @@ T = TypeVar("T")
 DSN_PASSWORD = "cli-dsn-password-" + "Q" * 8
 SCRIPT = shutil.which("gmail-token-store", path=os.path.dirname(sys.executable))
 CLIENT_SECRET = "seed-client-secret-" + "S" * 16
+#: The secret the consent tests sign reconnect links and states with.
+CONSENT_SECRET = "consent-signing-secret-" + "K" * 24
 
 
 def wait_until(condition: Callable[[], bool], timeout: float = 20.0) -> None:
@@ -306,3 +309,26 @@ def one_line(text: str) -> str:
     lines = text.strip().splitlines()
     assert len(lines) == 1, f"expected one line, got: {text!r}"
     return lines[0]
+
+
+def authorize(client_secrets: Any, user_id: str, *options: str) -> list[str]:
+    """The arguments of `authorize --no-browser` for one user."""
+    return [
+        "authorize",
+        "--client-secrets",
+        str(client_secrets),
+        "--user-id",
+        user_id,
+        "--no-browser",
+        *options,
+    ]
+
+
+def query_of(url: str) -> dict[str, str]:
+    """A URL's query parameters (the last value of a repeated one), as a route reads them."""
+    return dict(parse_qsl(urlsplit(url).query, keep_blank_values=True))
+
+
+def leaked(text: str, secrets: set[str]) -> list[str]:
+    """The secrets that appear in `text` (a page, a URL, a log, a traceback)."""
+    return sorted(secret for secret in secrets if secret and secret in text)

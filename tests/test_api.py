@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 import gmail_token_store
-from gmail_token_store import testing
+from gmail_token_store import consent, testing, web
 from gmail_token_store.testing import fixtures
 
 README = (Path(__file__).parent.parent / "README.md").read_text()
@@ -31,6 +31,12 @@ def test_every_public_name_is_documented_in_the_readme() -> None:
     names = documented_names()
     missing = [name for name in [*gmail_token_store.__all__, *testing.__all__] if name not in names]
     assert missing == []
+
+
+def test_every_name_of_the_consent_and_the_web_app_is_in_the_readme() -> None:
+    section = README.split("## Reconnecting a user", 1)[1].split("\n## ", 1)[0]
+    names = [*consent.__all__, *web.__all__]
+    assert [name for name in names if not re.search(rf"\b{name}\b", section)] == []
 
 
 def test_the_readme_api_table_names_only_real_things() -> None:

@@ -23,7 +23,7 @@ from gmail_token_store import GMAIL_SEND
 from gmail_token_store.testing import FakeTokenEndpoint, Reply
 
 from conftest import CLIENT_ID, CLIENT_SECRET, GMAIL_READONLY, SeedRow, utcnow
-from helpers import DSN_PASSWORD, SCRIPT, Cli, one_line
+from helpers import DSN_PASSWORD, SCRIPT, Cli, authorize, one_line
 
 SEED_COLUMNS = [
     ("id", "integer", "NO", "nextval('gmail_token_id_seq'::regclass)"),
@@ -427,27 +427,6 @@ def test_two_refresh_all_runs_at_once_refresh_each_row_once(
 
 
 # --- authorize -----------------------------------------------------------------------------
-
-
-def authorize(client_secrets: Path, user_id: str, *options: str) -> list[str]:
-    """The arguments of `authorize --no-browser` for one user."""
-    return [
-        "authorize",
-        "--client-secrets",
-        str(client_secrets),
-        "--user-id",
-        user_id,
-        "--no-browser",
-        *options,
-    ]
-
-
-@pytest.fixture
-def client_secrets(endpoint: FakeTokenEndpoint, tmp_path: Path) -> Path:
-    """A Google client secrets file for an installed app, pointing at the fake endpoint."""
-    path = tmp_path / "client_secret.json"
-    path.write_text(json.dumps(endpoint.client_config(CLIENT_ID, CLIENT_SECRET)))
-    return path
 
 
 def test_authorize_runs_the_consent_flow_with_the_test_as_the_browser(

@@ -7,9 +7,10 @@ one builds its own TokenStore, exactly like a separate service replica would.
 from __future__ import annotations
 
 import time
+from multiprocessing.connection import Connection
 from multiprocessing.queues import Queue
 
-from gmail_token_store import TokenStore
+from gmail_token_store import TokenStore, TokenStoreError
 
 
 def refresh_forever(dsn: str, user_id: str) -> None:
@@ -33,3 +34,15 @@ def refresh_loop(
                     store.refresh(user_id, force=True)
                 except Exception as exc:  # reported to the test
                     errors.put(f"{type(exc).__name__}: {exc}")
+
+
+def serve_credentials(dsn: str, user_id: str, conn: Connection) -> None:
+    """A service replica: answer each "get" on `conn` with ("token", the access token) or
+    ("error", the error's class name), from one long-lived store (default cache), until
+    "stop"."""
+    with TokenStore(dsn, allow_loopback_token_uri=True, http_timeout=5.0) as store:
+        while conn.recv() != "stop":
+            try:
+                conn.send(("token", store.get_credentials(user_id).token))
+            except TokenStoreError as exc:
+                conn.send(("error", type(exc).__name__))

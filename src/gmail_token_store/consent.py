@@ -41,6 +41,7 @@ from ._core.consent import (
     ConsentStart,
     ConsentState,
     Identity,
+    Link,
     Signer,
     WrongAccountError,
 )
@@ -172,13 +173,14 @@ class _Consent:
         row's (say, the user's address changed)."""
         uid = parse_user_id(user_id)
         expires = int(time.time() + valid_for)
-        link = decide.reconnect_link(self._signer, self.start_url, uid, expires=expires)
-        return link + "&change=1" if allow_account_change else link
+        return decide.reconnect_link(
+            self._signer, self.start_url, uid, expires=expires, allow_change=allow_account_change
+        )
 
-    def _link_user(self, params: Mapping[str, str]) -> tuple[str, bool]:
-        user_id = decide.check_link(self._signer, params, now=time.time())
+    def _link(self, params: Mapping[str, str]) -> Link:
+        link = decide.check_link(self._signer, params, now=time.time())
         try:
-            return parse_user_id(user_id), params.get("change") == "1"
+            return Link(parse_user_id(link.user_id), link.expires, link.allow_change)
         except ValueError:
             raise ConsentLinkError("this link names no valid user") from None
 
@@ -188,6 +190,7 @@ class _Consent:
         row: TokenRecord | None,
         allow_change: bool,
         expect_email: str | None = None,
+        link: Link | None = None,
     ) -> ConsentStart:
         state, pending, binding = decide.new_state(
             self._signer,
@@ -195,6 +198,7 @@ class _Consent:
             now=time.time(),
             allow_change=allow_change,
             expect_email=expect_email,
+            link_expires=link.expires if link else None,
         )
         hint = expect_email
         if row is not None and not hint:
@@ -212,7 +216,8 @@ class _Consent:
         return ConsentStart(url, user_id, binding, pending.expires)
 
     def _callback_state(self, params: Mapping[str, str], binding: str | None) -> ConsentState:
-        """The verified state of a callback, used up (a second use is refused)."""
+        """The verified state of a callback, used up (a second use is refused); what Google
+        answered is `_code`'s."""
         pending = decide.check_state(
             self._signer, params.get("state", ""), binding, now=time.time()
         )
@@ -225,21 +230,27 @@ class _Consent:
                     "this consent was already used; start again", user_id=pending.user_id
                 )
             self._used[pending.nonce] = now + decide.STATE_LIFETIME
+        return pending
+
+    @staticmethod
+    def _code(pending: ConsentState, params: Mapping[str, str]) -> str:
+        """The authorization code Google sent back, or why there is none."""
         error = params.get("error")
         if error == "access_denied":
             raise ConsentDeclinedError("the user declined", user_id=pending.user_id)
-        if error or not params.get("code"):
+        code = params.get("code")
+        if error or not code:
             raise ConsentError(
                 f"Google did not give a grant ({printable(error or 'no code', 60)})",
                 user_id=pending.user_id,
             )
-        return pending
+        return code[:2048]
 
     def _code_flow(self, pending: ConsentState, code: str) -> Flow[Grant]:
         core = self._store._core  # noqa: SLF001 - the library's own store
         return exchange_code(
             self.token_uri,
-            code[:2048],
+            code,
             verifier=pending.pkce_verifier(self._signer),
             redirect_uri=self.redirect_uri,
             client_id=self.client_id,
@@ -354,8 +365,9 @@ class ConsentFlow(_Consent):
         Raises:
             ConsentLinkError: the link is tampered or expired (nothing was read).
         """
-        user_id, allow_change = self._link_user(params)
-        return self.start_for(user_id, allow_account_change=allow_change)
+        link = self._link(params)
+        row = self._sync_store._run(flows.find_row(self._store._core, link.user_id))  # noqa: SLF001
+        return self._started(link.user_id, row, link.allow_change, link=link)
 
     def start_for(
         self, user_id: str, *, allow_account_change: bool = False, expect_email: str | None = None
@@ -378,12 +390,17 @@ class ConsentFlow(_Consent):
         pending = self._callback_state(params, binding)
         store = self._sync_store
         try:
-            grant = store._run(self._code_flow(pending, params["code"]))  # noqa: SLF001
-        except EndpointError as exc:
-            raise _code_error(pending, exc) from None
-        who, credentials = self._checked(pending, grant)
-        flow, changed = self._save_flow(pending, who, credentials)
-        record = store._run(flow)  # noqa: SLF001
+            code = self._code(pending, params)
+            try:
+                grant = store._run(self._code_flow(pending, code))  # noqa: SLF001
+            except EndpointError as exc:
+                raise _code_error(pending, exc) from None
+            who, credentials = self._checked(pending, grant)
+            flow, changed = self._save_flow(pending, who, credentials)
+            record = store._run(flow)  # noqa: SLF001
+        except ConsentError as exc:
+            exc.retry_until = pending.link_expires  # a page may offer a fresh link until then
+            raise
         return self._result(pending, who, record, changed)
 
 
@@ -396,8 +413,9 @@ class AsyncConsentFlow(_Consent):
 
     async def start(self, params: Mapping[str, str]) -> ConsentStart:
         """As `ConsentFlow.start`."""
-        user_id, allow_change = self._link_user(params)
-        return await self.start_for(user_id, allow_account_change=allow_change)
+        link = self._link(params)
+        row = await self._async_store._run(flows.find_row(self._store._core, link.user_id))  # noqa: SLF001
+        return self._started(link.user_id, row, link.allow_change, link=link)
 
     async def start_for(
         self, user_id: str, *, allow_account_change: bool = False, expect_email: str | None = None
@@ -412,12 +430,17 @@ class AsyncConsentFlow(_Consent):
         pending = self._callback_state(params, binding)
         store = self._async_store
         try:
-            grant = await store._run(self._code_flow(pending, params["code"]))  # noqa: SLF001
-        except EndpointError as exc:
-            raise _code_error(pending, exc) from None
-        who, credentials = self._checked(pending, grant)
-        flow, changed = self._save_flow(pending, who, credentials)
-        record = await store._run(flow)  # noqa: SLF001
+            code = self._code(pending, params)
+            try:
+                grant = await store._run(self._code_flow(pending, code))  # noqa: SLF001
+            except EndpointError as exc:
+                raise _code_error(pending, exc) from None
+            who, credentials = self._checked(pending, grant)
+            flow, changed = self._save_flow(pending, who, credentials)
+            record = await store._run(flow)  # noqa: SLF001
+        except ConsentError as exc:
+            exc.retry_until = pending.link_expires  # a page may offer a fresh link until then
+            raise
         return self._result(pending, who, record, changed)
 
 

@@ -5,19 +5,23 @@ PKCE, the ID token's account checked, saved under the row lock); only the callba
 one-shot HTTP server on 127.0.0.1 that this command runs while it waits. The account
 must be the row's (by Google account id, else email), or `--email` for a new row.
 
-Bounded whatever a local client does: the server reads each request with a short
-timeout and the whole wait ends at `--timeout`. Nothing touches `os.environ`.
+Bounded whatever a local client does: each connection is served in its own thread (a
+client that connects and sends nothing, or drips, holds up nobody), only a request carrying
+this consent's state is taken as the callback, and at `--timeout` every connection still
+open is shut, so the command ends then. Nothing touches `os.environ`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
+import socket
 import threading
 import time
 import webbrowser
 from collections.abc import Mapping, Sequence
-from http.server import BaseHTTPRequestHandler, HTTPServer
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -40,12 +44,15 @@ class _Callback(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         parts = urlsplit(self.path)
-        if parts.path != CALLBACK_PATH or self.server.query is not None:
+        query = {key: values[0] for key, values in parse_qs(parts.query).items()}
+        if parts.path != CALLBACK_PATH or not self.server.claim(query):
             self._answer(404, "Not the consent callback.")
             return
-        self.server.query = {key: values[0] for key, values in parse_qs(parts.query).items()}
-        self.server.answered.wait(timeout=60)
-        self._answer(200, self.server.message)
+        try:
+            self.server.answered.wait(timeout=60)
+            self._answer(200, self.server.message)
+        finally:
+            self.server.delivered.set()
 
     def _answer(self, status: int, text: str) -> None:
         body = text.encode()
@@ -56,12 +63,55 @@ class _Callback(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
 
-class _OneShot(HTTPServer):
+class _OneShot(ThreadingHTTPServer):
+    """The loopback callback: one thread per connection, the first request with this
+    consent's state taken, every connection shut by `drop_connections()`."""
+
+    daemon_threads = True
+    block_on_close = False  # closing never waits for a client's thread (it is shut first)
+
     def __init__(self, port: int) -> None:
         super().__init__(("127.0.0.1", port), _Callback)
+        self.state = ""  # the state of the consent started, set before anyone can know it
         self.query: dict[str, str] | None = None
         self.message = ""
-        self.answered = threading.Event()
+        self.answered = threading.Event()  # the consent is done: answer the browser
+        self.delivered = threading.Event()  # the browser has its answer
+        self._lock = threading.Lock()
+        self._open: set[socket.socket] = set()
+
+    def claim(self, query: dict[str, str]) -> bool:
+        """Take `query` as the callback if it is the first one carrying our state."""
+        with self._lock:
+            if (
+                self.query is not None
+                or not self.state
+                or not secrets.compare_digest(query.get("state", "").encode(), self.state.encode())
+            ):
+                return False
+            self.query = query
+            return True
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._lock:
+            self._open.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._lock:
+            self._open.discard(request)
+        super().shutdown_request(request)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that went away is no error of the command's (no traceback on stderr)."""
+
+    def drop_connections(self) -> None:
+        """Shut every connection still open: their threads stop reading at once."""
+        with self._lock:
+            still_open = list(self._open)
+        for connection in still_open:
+            with contextlib.suppress(OSError):  # already gone
+                connection.shutdown(socket.SHUT_RDWR)
 
 
 def authorize(
@@ -81,8 +131,8 @@ def authorize(
     redirect to the loopback port completes the consent.
 
     Raises:
-        ConfigurationError: an unusable client secrets file, a refused token_uri, or a new
-            user without `email`. TimeoutError: no redirect arrived in time.
+        ConfigurationError: an unusable client secrets file, a refused token_uri, a new
+            user without `email`, a port in use. TimeoutError: no redirect arrived in time.
         ConsentError and its subclasses: declined, another account, a scope not granted.
     """
     client = _client(client_secrets)
@@ -95,7 +145,14 @@ def authorize(
             f"user {user_id} has no grant yet: pass --email, the Gmail address that must consent"
         )
     deadline = time.monotonic() + timeout
-    with _OneShot(port) as server:
+    try:
+        listening = _OneShot(port)
+    except OSError as exc:
+        raise ConfigurationError(
+            f"cannot listen on 127.0.0.1:{port} for Google's redirect ({exc.strerror}); "
+            "pass another --port, or none"
+        ) from None
+    with listening as server:
         bound = server.server_address[1]
         flow = ConsentFlow(
             store,
@@ -109,6 +166,7 @@ def authorize(
             token_uri=token_uri,
         )
         start = flow.start_for(user_id, expect_email=email)
+        server.state = parse_qs(urlsplit(start.authorization_url).query)["state"][0]
         print(f"Open this URL in a browser to authorize Gmail:\n{start.authorization_url}")
         if open_browser:
             webbrowser.open(start.authorization_url)
@@ -127,7 +185,10 @@ def authorize(
             server.message = "Gmail access granted. You can close this window."
         finally:
             server.answered.set()
-            serving.join(timeout=_REQUEST_TIMEOUT)  # the browser gets its answer first
+            if server.query is not None:  # the browser gets its answer first
+                server.delivered.wait(timeout=_REQUEST_TIMEOUT)
+            server.drop_connections()
+            serving.join(timeout=_REQUEST_TIMEOUT)  # ends by the deadline: see _serve
     return result
 
 

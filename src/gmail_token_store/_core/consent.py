@@ -43,13 +43,19 @@ CLOCK_LEEWAY = 120.0
 
 
 class ConsentError(TokenStoreError):
-    """The consent did not give a grant; nothing was written. `page` names what to show."""
+    """The consent did not give a grant; nothing was written. `page` names what to show.
+
+    `retry_until` (epoch seconds) is how long a fresh reconnect link for `user_id` may be
+    offered: the end of the link the consent started from, so that no page extends a link
+    (None: offer none, e.g. for a consent the service started itself).
+    """
 
     page = "failed"
 
     def __init__(self, message: str, *, user_id: str | None = None) -> None:
         super().__init__(message)
         self.user_id = user_id
+        self.retry_until: int | None = None
 
 
 class ConsentLinkError(ConsentError):
@@ -94,6 +100,17 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
+def _utf8(text: str) -> bytes:
+    """Any text a browser (or Google) sent, as bytes: never an error, lone surrogates too."""
+    return text.encode("utf-8", "surrogatepass")
+
+
+def same(ours: str, theirs: str) -> bool:
+    """A constant-time comparison that takes any text (`hmac.compare_digest` raises
+    TypeError for non-ASCII strings: a hostile value would be a server error)."""
+    return hmac.compare_digest(_utf8(ours), _utf8(theirs))
+
+
 class Signer:
     """HMAC-SHA256 with keys derived from one secret, one per purpose (a link's signature
     cannot pass as a state's, and no derived value reveals another)."""
@@ -111,37 +128,64 @@ class Signer:
         return hmac.new(self._root, b"gmail-token-store/" + purpose.encode(), "sha256").digest()
 
     def sign(self, purpose: str, message: str) -> str:
-        return _b64(hmac.new(self.key(purpose), message.encode(), "sha256").digest())
+        return _b64(hmac.new(self.key(purpose), _utf8(message), "sha256").digest())
 
     def valid(self, purpose: str, message: str, signature: str) -> bool:
-        return hmac.compare_digest(self.sign(purpose, message), signature)
+        return same(self.sign(purpose, message), signature)
 
 
 # --- the reconnect link ----------------------------------------------------------------------
 
 
-def reconnect_link(signer: Signer, start_url: str, user_id: str, *, expires: int) -> str:
-    """A link to the start route for `user_id`, signed, valid until `expires` (epoch s).
+def _link_purpose(allow_change: bool) -> str:
+    """The key a link is signed with: an account-change link has its own, so a link's
+    holder can neither add the change to a plain link nor drop it from a changing one."""
+    return "link+change" if allow_change else "link"
+
+
+def reconnect_link(
+    signer: Signer, start_url: str, user_id: str, *, expires: int, allow_change: bool = False
+) -> str:
+    """A link to the start route for `user_id`, signed, valid until `expires` (epoch s);
+    with `allow_change`, it may connect another Google account than the row's.
 
     It names the user and carries a signature, never a secret: anyone holding it can only
-    start a consent that must be finished with the user's own Google account.
+    start a consent that must be finished with the user's own Google account (any account,
+    with `allow_change`).
     """
     query = {"user_id": user_id, "expires": str(expires)}
-    query["sig"] = signer.sign("link", f"{user_id}|{expires}")
+    if allow_change:
+        query["change"] = "1"
+    query["sig"] = signer.sign(_link_purpose(allow_change), f"{user_id}|{expires}")
     separator = "&" if urlsplit(start_url).query else "?"
     return start_url + separator + urlencode(query)
 
 
-def check_link(signer: Signer, params: Mapping[str, str], *, now: float) -> str:
-    """The user id a reconnect link is for; ConsentLinkError if it is tampered or expired."""
+@dataclass(frozen=True, slots=True)
+class Link:
+    """A verified reconnect link: whom it is for, until when, and whether it lets another
+    Google account in."""
+
+    user_id: str
+    expires: int
+    allow_change: bool
+
+
+def check_link(signer: Signer, params: Mapping[str, str], *, now: float) -> Link:
+    """The reconnect link in a start route's query; ConsentLinkError if it is tampered or
+    expired."""
     user_id, expires, signature = (params.get(key, "") for key in ("user_id", "expires", "sig"))
-    if not (user_id and expires.isdigit() and signature) or len(user_id) > 64:
+    change = params.get("change")
+    if not (user_id and expires.isascii() and expires.isdigit() and signature) or len(user_id) > 64:
         raise ConsentLinkError("this link is incomplete or not one of ours")
-    if not signer.valid("link", f"{user_id}|{expires}", signature):
+    if change not in (None, "1"):
+        raise ConsentLinkError("this link is not one of ours")
+    allow_change = change == "1"
+    if not signer.valid(_link_purpose(allow_change), f"{user_id}|{expires}", signature):
         raise ConsentLinkError("this link's signature is not valid")
     if int(expires) < now:
         raise ConsentLinkError("this link has expired", user_id=user_id)
-    return user_id
+    return Link(user_id, int(expires), allow_change)
 
 
 # --- the consent's state, bound to one browser, used once -------------------------------------
@@ -168,6 +212,8 @@ class ConsentState:
     allow_change: bool
     #: The email the consenting account must have, when the starter said so.
     expect_email: str | None = None
+    #: The end of the reconnect link the consent started from (None: started without one).
+    link_expires: int | None = None
 
     def pkce_verifier(self, signer: Signer) -> str:
         """The PKCE code verifier (RFC 7636: 43 characters), derived, never stored."""
@@ -183,7 +229,7 @@ def pkce_challenge(verifier: str) -> str:
 
 
 def _binding_hash(binding: str) -> str:
-    return _b64(hashlib.sha256(binding.encode()).digest())[:22]
+    return _b64(hashlib.sha256(_utf8(binding)).digest())[:22]
 
 
 def new_state(
@@ -193,6 +239,7 @@ def new_state(
     now: float,
     allow_change: bool = False,
     expect_email: str | None = None,
+    link_expires: int | None = None,
 ) -> tuple[str, ConsentState, str]:
     """(the `state` parameter, its ConsentState, the browser binding to keep)."""
     nonce = _b64(secrets.token_bytes(18))
@@ -203,9 +250,11 @@ def new_state(
         payload["c"] = 1
     if expect_email:
         payload["x"] = expect_email[:320]
+    if link_expires is not None:
+        payload["l"] = int(link_expires)
     body = _b64(json.dumps(payload, separators=(",", ":")).encode())
     state = f"{body}.{signer.sign('state', body)}"
-    pending = ConsentState(user_id, nonce, expires, allow_change, payload.get("x"))
+    pending = ConsentState(user_id, nonce, expires, allow_change, payload.get("x"), link_expires)
     return state, pending, binding
 
 
@@ -229,14 +278,19 @@ def check_state(signer: Signer, state: str, binding: str | None, *, now: float) 
         raise ConsentLinkError("the consent's state is malformed") from None
     if expires < now:
         raise ConsentLinkError("the consent took too long; start again", user_id=user_id)
-    if not binding or not hmac.compare_digest(_binding_hash(binding), expected_binding):
+    if not binding or not same(_binding_hash(binding), expected_binding):
         raise ConsentLinkError(
             "this consent was started in another browser (or its cookie is gone); start again",
             user_id=user_id,
         )
-    expect = payload.get("x")
+    expect, link_expires = payload.get("x"), payload.get("l")
     return ConsentState(
-        user_id, nonce, expires, bool(payload.get("c")), expect if isinstance(expect, str) else None
+        user_id,
+        nonce,
+        expires,
+        bool(payload.get("c")),
+        expect if isinstance(expect, str) else None,
+        link_expires if isinstance(link_expires, int) else None,
     )
 
 
@@ -307,7 +361,7 @@ def identity(id_token: object, *, client_id: str, nonce: str, now: float, user_i
         "it has expired": not isinstance(claims.get("exp"), int | float)
         or claims["exp"] + CLOCK_LEEWAY < now,
         "it is not the answer to this consent (nonce)": not isinstance(claims.get("nonce"), str)
-        or not hmac.compare_digest(claims["nonce"], nonce),
+        or not same(nonce, claims["nonce"]),
         "it names no account": not isinstance(claims.get("sub"), str) or not claims["sub"],
         "its email is missing or not verified": not isinstance(claims.get("email"), str)
         or claims.get("email_verified") not in (True, "true"),

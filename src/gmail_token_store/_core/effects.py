@@ -41,6 +41,7 @@ class Statement(enum.Enum):
     WRITE_GRANT_IF_VERSION = "write_grant_if_version"  # the same, by compare-and-set
     RECORD_FAILURE = "record_failure"  # a dead grant (invalid_grant) into metadata
     UPSERT_GRANT = "upsert_grant"  # a new consent or an import
+    INSERT_GRANT = "insert_grant"  # a first consent, unless someone else's came first
     TABLE_EXISTS = "table_exists"
     CREATE_TABLE = "create_table"
     FIND_BY_ACCOUNT = "find_by_account"  # rows naming a Google account id (RISC)

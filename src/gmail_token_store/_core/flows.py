@@ -21,6 +21,7 @@ from .effects import (
     Log,
     Query,
     ReadRow,
+    Row,
     Shared,
     Statement,
     once_more_if_lost,
@@ -336,7 +337,9 @@ def save(
 
     `accept`, when given, sees the row as it is under the lock (None: no row yet) and
     raises to refuse: then the transaction is rolled back and nothing is written (a
-    consent checks there that the row is still the account it was for).
+    consent checks there that the row is still the account it was for). A row that does
+    not exist cannot be locked: then the grant is inserted only if no other writer's row
+    appeared meanwhile, and otherwise `accept` sees that row, under its lock.
     """
     if grant.token_uri and (refusal := core.policy.refusal(grant.token_uri)):
         raise InvalidTokenRecordError(user_id, email, refusal)
@@ -346,48 +349,57 @@ def save(
         idle_timeout_ms=int(core.windows.idle_in_transaction_timeout * 1000),
         purpose="save",
     )
-    try:
-        locked = yield from once_more_if_lost(lock)
-    except LockWaitTimeout:
+    rows: list[Row] = []
+    for _look in range(2):  # a second look only when a first save raced ours
+        try:
+            locked = yield from once_more_if_lost(lock)
+        except LockWaitTimeout:
+            raise DatabaseUnavailableError(
+                f"the row of user {user_id} stayed locked by another process for "
+                f"{core.windows.lock_timeout:g} s; retry later"
+            ) from None
+        existing = core.parse(locked.row) if locked.row is not None else None
+        if accept is not None:
+            accept(existing)
+        if existing is not None and existing.missing_key is not None and not grant.refresh_token:
+            # The row's refresh token is sealed with a key this store lacks: keep it,
+            # unwritten (the shell rolls the transaction back, as for a refused `accept`).
+            raise MissingKeyError(user_id, existing.email, existing.missing_key)
+        values = grant_columns(
+            user_id=user_id,
+            sealer=core.sealer,
+            existing=existing,
+            access_token=grant.access_token,
+            refresh_token=grant.refresh_token,
+            client_id=grant.client_id,
+            client_secret=grant.client_secret,
+            token_uri=grant.token_uri,
+            scopes=grant.scopes,
+            expiry=grant.expiry,
+            email=email,
+            metadata=metadata,
+        )
+        first = existing is None and accept is not None
+        rows = yield from Execute(
+            Statement.INSERT_GRANT if first else Statement.UPSERT_GRANT,
+            {
+                "user_id": user_id,
+                "robeing_id": robeing_id,
+                "token_data": to_json(values.token_data),
+                "oauth_config": optional_json(values.oauth_config),
+                "scopes": optional_json(values.scopes),
+                "metadata": to_json(values.metadata),
+                "expiry": values.expiry,
+            },
+            user_id=user_id,
+            commit=True,
+        )
+        if rows:
+            break
+    else:
         raise DatabaseUnavailableError(
-            f"the row of user {user_id} stayed locked by another process for "
-            f"{core.windows.lock_timeout:g} s; retry later"
-        ) from None
-    existing = core.parse(locked.row) if locked.row is not None else None
-    if accept is not None:
-        accept(existing)
-    if existing is not None and existing.missing_key is not None and not grant.refresh_token:
-        # The row's refresh token is sealed with a key this store lacks: keep it, unwritten
-        # (the shell rolls the transaction back, as for a refused `accept`).
-        raise MissingKeyError(user_id, existing.email, existing.missing_key)
-    values = grant_columns(
-        user_id=user_id,
-        sealer=core.sealer,
-        existing=existing,
-        access_token=grant.access_token,
-        refresh_token=grant.refresh_token,
-        client_id=grant.client_id,
-        client_secret=grant.client_secret,
-        token_uri=grant.token_uri,
-        scopes=grant.scopes,
-        expiry=grant.expiry,
-        email=email,
-        metadata=metadata,
-    )
-    rows = yield from Execute(
-        Statement.UPSERT_GRANT,
-        {
-            "user_id": user_id,
-            "robeing_id": robeing_id,
-            "token_data": to_json(values.token_data),
-            "oauth_config": optional_json(values.oauth_config),
-            "scopes": optional_json(values.scopes),
-            "metadata": to_json(values.metadata),
-            "expiry": values.expiry,
-        },
-        user_id=user_id,
-        commit=True,
-    )
+            f"the row of user {user_id} was created and removed while the grant was saved; retry"
+        )
     record = core.parse(rows[0])
     # A new consent supersedes anything this process kept for the user.
     core.kept.forget(user_id)

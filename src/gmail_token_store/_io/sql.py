@@ -151,6 +151,16 @@ UPSERT_GRANT = Sql(
     " updated_at = CURRENT_TIMESTAMP" + _RETURNING,
     privilege="INSERT, UPDATE",
 )
+#: Insert a user's first grant, or nothing if a row appeared since we looked (a consent
+#: then checks its account against that row, under its lock, and writes with UPSERT_GRANT).
+INSERT_GRANT = Sql(
+    f"INSERT INTO {TABLE}"
+    " (user_id, robeing_id, token_data, oauth_config, scopes, metadata, expiry)"
+    " VALUES (%(user_id)s, %(robeing_id)s, %(token_data)s::jsonb, %(oauth_config)s::jsonb,"
+    " %(scopes)s::jsonb, %(metadata)s::jsonb, %(expiry)s)"
+    " ON CONFLICT (user_id) DO NOTHING" + _RETURNING,
+    privilege="INSERT",
+)
 
 #: Rows a Google security event (RISC) may be about: by the account a consent recorded, by
 #: the refresh token's first 16 characters, or its double SHA-512 in base64 (the core
@@ -234,6 +244,7 @@ SQL: dict[Statement, Sql] = {
     Statement.WRITE_GRANT_IF_VERSION: WRITE_GRANT_IF_VERSION,
     Statement.RECORD_FAILURE: RECORD_FAILURE,
     Statement.UPSERT_GRANT: UPSERT_GRANT,
+    Statement.INSERT_GRANT: INSERT_GRANT,
     Statement.TABLE_EXISTS: TABLE_EXISTS,
     Statement.CREATE_TABLE: CREATE_TABLE,
     Statement.FIND_BY_ACCOUNT: FIND_BY_ACCOUNT,

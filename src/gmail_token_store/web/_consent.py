@@ -30,7 +30,8 @@ from ..consent import (
 from ..exceptions import TokenStoreError
 from ._pages import PAGE_HEADERS, page
 
-#: A fresh start offered on a page is good for this long (seconds).
+#: A fresh start offered on a page is good for this long (seconds), at most until the end of
+#: the link the consent came from.
 _RETRY_LINK_LIFETIME = 3600.0
 
 
@@ -72,10 +73,15 @@ async def _completed(  # noqa: PLR0911 - one page per outcome
     flow: AsyncConsentFlow, request: Request, binding: str | None
 ) -> Response:
     def retry(label: str) -> tuple[str, str] | None:
-        user_id = getattr(error, "user_id", None)
-        if not user_id:
+        """A fresh link, never outliving the one the consent came from (declining again and
+        again must not keep a link alive); none for a consent started without a link."""
+        if error is None or not error.user_id or error.retry_until is None:
             return None
-        return label, flow.reconnect_link(user_id, valid_for=_RETRY_LINK_LIFETIME)
+        left = error.retry_until - time.time()
+        if left < 0:
+            return None
+        valid_for = min(_RETRY_LINK_LIFETIME, left)
+        return label, flow.reconnect_link(error.user_id, valid_for=valid_for)
 
     error: ConsentError | None = None
     try:
