@@ -168,6 +168,8 @@ class ChildRun:
     started: float
     ended: float
     peak_rss_mb: float
+    #: CPU seconds it used (user and system).
+    cpu_seconds: float
     output_bytes: int
     returncode: int
     #: stdout, when kept (else empty); the end of stderr.
@@ -178,7 +180,7 @@ class ChildRun:
 # Linux keeps a process's peak RSS across exec, and a child forked from this interpreter
 # starts with all of its memory counted: measured directly, psql would "peak" at this
 # process's size. So a bare interpreter (about 5 MB, the floor of every figure) forks the
-# command and reports its wall time and its own peak RSS, from os.wait4, on a pipe.
+# command and reports its wall time, its own peak RSS and CPU time (os.wait4) on a pipe.
 _LAUNCHER = """\
 import os, sys, time
 report = int(sys.argv[1])
@@ -188,7 +190,8 @@ if pid == 0:
     os.close(report)
     os.execv(sys.argv[2], sys.argv[2:])
 _, status, usage = os.wait4(pid, 0)
-os.write(report, f"{began} {time.monotonic()} {usage.ru_maxrss}".encode())
+cpu = usage.ru_utime + usage.ru_stime
+os.write(report, f"{began} {time.monotonic()} {usage.ru_maxrss} {cpu}".encode())
 code = os.waitstatus_to_exitcode(status)
 sys.exit(code if code >= 0 else 128 - code)
 """
@@ -236,14 +239,20 @@ class Child:
         self._stderr.seek(0)
         stderr = self._stderr.read()[-4000:].decode(errors="replace")
         self._stderr.close()
-        if len(report) != 3:
+        if len(report) != 4:
             raise RuntimeError(f"the launcher did not report ({returncode}): {stderr}")
-        started, ended, rss_kib = float(report[0]), float(report[1]), int(report[2])
+        started, ended, rss_kib, cpu = (
+            float(report[0]),
+            float(report[1]),
+            int(report[2]),
+            float(report[3]),
+        )
         return ChildRun(
             seconds=ended - started,
             started=started,
             ended=ended,
             peak_rss_mb=rss_kib / 1024,
+            cpu_seconds=cpu,
             output_bytes=self._bytes,
             returncode=returncode,
             output=b"".join(self._kept),

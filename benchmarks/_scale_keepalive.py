@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import random
 import re
+import resource
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -37,6 +38,9 @@ class Runs:
     #: The `refreshed:` counts the runs printed, summed per round (None: not printed).
     reported: list[int | None] = field(default_factory=list)
     peak_rss_mb: float = 0.0
+    #: CPU seconds per round: the runs' together, and this process's (the fake endpoint).
+    cpu: list[float] = field(default_factory=list)
+    endpoint_cpu: list[float] = field(default_factory=list)
 
 
 def run_once(
@@ -48,11 +52,15 @@ def run_once(
 ) -> None:
     build_table(dsn, runs.rows, REALISTIC, token_uri=endpoint.token_uri)
     before = len(endpoint.refresh_requests())
+    mine = resource.getrusage(resource.RUSAGE_SELF)
     children = [Child(argv, env, keep=True) for _ in range(runs.processes)]
     done: list[ChildRun] = [child.finish() for child in children]
     for run in done:
         if run.returncode not in (0, 1):  # 1: the dead rows need a person
             raise SystemExit(f"refresh-all failed ({run.returncode}): {run.stderr}")
+    used = resource.getrusage(resource.RUSAGE_SELF)
+    runs.endpoint_cpu.append(used.ru_utime + used.ru_stime - mine.ru_utime - mine.ru_stime)
+    runs.cpu.append(sum(run.cpu_seconds for run in done))
     sent = endpoint.refresh_requests()[before:]
     runs.seconds.append(max(run.ended for run in done) - min(run.started for run in done))
     runs.requests.append(len(sent))
@@ -113,6 +121,8 @@ def keepalive(
             "token requests per run",
             "rows refreshed per run",
             "peak RSS MB",
+            "CPU s",
+            "endpoint CPU s",
         ],
         [
             [
@@ -126,6 +136,8 @@ def keepalive(
                 _per_run(runs.requests),
                 _per_run(runs.reported),
                 f"{runs.peak_rss_mb:.0f}",
+                f"{median(runs.cpu):.1f}",
+                f"{median(runs.endpoint_cpu):.1f}",
             ]
             for runs in singles.values()
         ],
@@ -160,6 +172,8 @@ def keepalive(
             "rows sent per run",
             "duplicate requests",
             "peak RSS MB",
+            "CPU s (all runs)",
+            "endpoint CPU s",
         ],
         [
             [
@@ -177,6 +191,8 @@ def keepalive(
                     ]
                 ),
                 f"{runs.peak_rss_mb:.0f}",
+                f"{median(runs.cpu):.1f}",
+                f"{median(runs.endpoint_cpu):.1f}",
             ]
             for runs in [big, *herds]
         ],
