@@ -39,6 +39,8 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/recovery.py
 	$(BIN)/python benchmarks/failover.py
 	$(BIN)/python benchmarks/scale.py
+	$(BIN)/python benchmarks/sealing.py
+	$(BIN)/python benchmarks/versus_0_2.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
