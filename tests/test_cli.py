@@ -306,7 +306,16 @@ def test_list_shows_every_state_and_needs_attention_is_the_alert(
         "ACCOUNT",
     ]
     assert "5 grants, 3 need attention" in table.stdout
-    assert all(line.rstrip().endswith("unverified") for line in table.stdout.splitlines()[1:6])
+    rows = [line for line in table.stdout.splitlines()[1:] if line[:8] in states_prefixes(states)]
+    assert len(rows) == 5 and all(line.rstrip().endswith("unverified") for line in rows)
+    # A row that needs a person has its reason on the line below it, indented.
+    lines = table.stdout.splitlines()
+    below_broken = lines[next(i for i, line in enumerate(lines) if line.startswith(broken)) + 1]
+    assert below_broken.startswith("    broken: ")
+
+
+def states_prefixes(states: dict[str, str]) -> set[str]:
+    return {user_id[:8] for user_id in states}
 
 
 def test_needs_attention_exits_0_when_all_is_well(cli: Cli, seed: SeedRow) -> None:

@@ -18,10 +18,13 @@ from ._core.reseal import ResealReport, ResealTarget
 from ._default import create_table, get_credentials, get_credentials_async
 from ._options import StoreOptions
 from ._results import (
+    AsyncStatusStream,
     EventError,
     EventHook,
     EventKind,
     RefreshResult,
+    StatusStream,
+    TableSummary,
     TokenEvent,
     TokenState,
     TokenStatus,
@@ -45,6 +48,7 @@ __version__ = _version("gmail-token-store")
 
 __all__ = [
     "GMAIL_SEND",
+    "AsyncStatusStream",
     "AsyncTokenStore",
     "ConfigurationError",
     "DatabaseUnavailableError",
@@ -62,7 +66,9 @@ __all__ = [
     "RefreshResult",
     "ResealReport",
     "ResealTarget",
+    "StatusStream",
     "StoreOptions",
+    "TableSummary",
     "TokenEvent",
     "TokenNotFoundError",
     "TokenState",

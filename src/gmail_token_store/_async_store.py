@@ -12,17 +12,18 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, TypeVar, Unpack
 
 from google.oauth2.credentials import Credentials
 from psycopg_pool import AsyncConnectionPool
 
 from ._base import StoreBase, new_grant, refresh_result
-from ._core import flows, reseal, risc
+from ._core import flows, listing, reseal, risc
 from ._core.effects import Flow
 from ._core.errors import TokenStoreError, parse_user_id
 from ._core.keepalive import KeepaliveReport
+from ._core.listing import IDLE_SECONDS, TableSummary, needs_attention
 from ._core.record import TokenRecord
 from ._core.reseal import ResealReport, ResealTarget
 from ._handout import AsyncRefresher
@@ -32,7 +33,7 @@ from ._io.conninfo import conninfo_from
 from ._io.events import logger
 from ._keepalive import Progress, refresh_all_async
 from ._options import StoreOptions, dsn_from_env, options_from_env
-from ._results import RefreshResult, TokenStatus
+from ._results import AsyncStatusStream, RefreshResult, TokenStatus
 
 T = TypeVar("T")
 _monotonic = time.monotonic  # a global lookup fewer on the cache-hit path
@@ -193,8 +194,59 @@ class AsyncTokenStore(StoreBase):
 
     async def check_all(self) -> list[TokenStatus]:
         """Report the health of every grant in the table, oldest row first; each carries
-        the row's `version` for `refresh(..., unless_written_since=...)`."""
-        return await self._run(flows.check_all(self._core))
+        the row's `version` for `refresh(..., unless_written_since=...)`. Every status is
+        in memory at once: for a big table, `iter_statuses()`."""
+        return [status async for status in self.iter_statuses()]
+
+    def iter_statuses(
+        self, *, needs_attention: bool = False, page_size: int = 1000
+    ) -> AsyncStatusStream:
+        """The health of every grant, oldest row first, one page of rows in memory at a time
+        (`check_all` as a stream; memory does not grow with the table).
+
+        With `needs_attention`, only rows a person must look at are yielded, and rows that
+        SQL proves `ok` are only counted (see `_core.listing`): much faster on a big table.
+        The stream's `summary` counts every row either way, once the stream is exhausted.
+        """
+        self._page_size_check(page_size)
+        summary = TableSummary()
+        sieved = needs_attention
+        return AsyncStatusStream(
+            self._statuses(summary, page_size, margin=self.refresh_margin if sieved else None),
+            summary,
+        )
+
+    async def _statuses(
+        self,
+        summary: TableSummary,
+        page_size: int,
+        *,
+        margin: float | None,
+        idle: float = IDLE_SECONDS,
+        keep: Callable[[TokenStatus], bool] = needs_attention,
+    ) -> AsyncIterator[TokenStatus]:
+        """Walk the table page by page; with `margin`, through the sieve (yielding what
+        `keep` keeps), else every row."""
+        core = self._core
+        sieve = (
+            await self._run(listing.sieve(core, margin=margin, idle=idle))
+            if margin is not None
+            else None
+        )
+        after = 0
+        while True:
+            page = await self._run(
+                listing.page(core, after=after, limit=page_size)
+                if sieve is None
+                else listing.sieved_page(core, sieve, summary, after=after, limit=page_size)
+            )
+            for status in page.statuses:
+                summary.add(status)
+                if sieve is None or keep(status):
+                    yield status
+            if page.last_id is None:
+                return
+            after = page.last_id
 
     async def refresh_all(
         self,

@@ -143,6 +143,11 @@ class StoreBase:
             self._core, entry.record, entry.record, entry.credentials, time.time()
         )
 
+    @staticmethod
+    def _page_size_check(page_size: object) -> None:
+        if isinstance(page_size, bool) or not isinstance(page_size, int) or page_size < 1:
+            raise ValueError(f"page_size must be a positive int, got {page_size!r}")
+
     def _reseal_check(self, target: object, page_size: object) -> None:
         if target not in ("seal", "rotate", "unseal"):
             raise ValueError(f"target must be 'seal', 'rotate' or 'unseal', got {target!r}")

@@ -1,6 +1,9 @@
 """The table's health in Prometheus's text exposition format.
 
-    sys.stdout.write(exposition(store.check_all()))
+    stream = store.iter_statuses(needs_attention=True)
+    for _ in stream:
+        pass
+    sys.stdout.write(exposition(stream.summary))
 
 What `gmail-token-store metrics` prints (for node_exporter's textfile collector, a cron job
 writing the file) and what the web app's `GET /metrics` serves with its own request
@@ -11,15 +14,12 @@ series vanish; ages come from the database's clock, so no host's clock skews the
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import get_args
+from collections.abc import Iterable, Sequence
 
-from ._core.status import ATTENTION_STATES, TokenState, TokenStatus
+from ._core.listing import ROW_STATES, TableSummary
+from ._core.status import ATTENTION_STATES, TokenStatus
 
 __all__ = ["ROW_STATES", "exposition", "gauge"]
-
-#: The states a row can be in (`list` shows them); "not-found" is not a row's.
-ROW_STATES: tuple[str, ...] = tuple(state for state in get_args(TokenState) if state != "not-found")
 
 
 def gauge(name: str, help_text: str, samples: Sequence[tuple[str, float]]) -> list[str]:
@@ -34,47 +34,45 @@ def label_value(text: str) -> str:
     return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
-def exposition(statuses: Sequence[TokenStatus]) -> str:
-    """The metrics for these statuses (one `check_all()`), as exposition text."""
-    counts = dict.fromkeys(ROW_STATES, 0)
-    for status in statuses:
-        counts[status.state] = counts.get(status.state, 0) + 1
+def exposition(table: TableSummary | Iterable[TokenStatus]) -> str:
+    """The metrics of a table, as exposition text: from a `TableSummary` (a stream's, e.g.
+    `store.iter_statuses(needs_attention=True)` exhausted), or from statuses."""
+    if isinstance(table, TableSummary):
+        summary = table
+    else:
+        summary = TableSummary()
+        for status in table:
+            summary.add(status)
     lines = gauge(
         "gmail_token_grants",
         "Grants in the gmail_token table, by state (the states of gmail-token-store list).",
-        [(f'{{state="{state}"}}', count) for state, count in counts.items()],
+        [(f'{{state="{state}"}}', count) for state, count in summary.states.items()],
     )
     lines += gauge(
         "gmail_token_needs_attention",
         "Grants that need a person: " + ", ".join(sorted(ATTENTION_STATES)) + ".",
-        [("", sum(counts[state] for state in ATTENTION_STATES))],
+        [("", summary.needs_attention)],
     )
-    expiries = [s.remaining_seconds for s in statuses if s.remaining_seconds is not None]
-    if expiries:
-        lines += gauge(
-            "gmail_token_earliest_expiry_seconds",
-            "Seconds until the earliest access token expiry (0: one has expired).",
-            [("", min(expiries))],
-        )
-    keys: dict[str, int] = {}
-    for status in statuses:
-        if status.key_id is not None:
-            keys[status.key_id] = keys.get(status.key_id, 0) + 1
     lines += gauge(
         "gmail_token_sealed_grants",
         "Grants whose secrets are sealed, by key id (an old key can go at 0).",
-        [(f'{{key_id="{label_value(key)}"}}', count) for key, count in sorted(keys.items())],
+        [(f'{{key_id="{label_value(key)}"}}', n) for key, n in sorted(summary.sealed.items())],
     )
     lines += gauge(
         "gmail_token_plaintext_grants",
         "Grants whose secrets are stored in plaintext.",
-        [("", sum(1 for s in statuses if s.status == "found" and s.key_id is None))],
+        [("", summary.plaintext)],
     )
-    ages = [s.seconds_since_refresh for s in statuses if s.seconds_since_refresh is not None]
-    if ages:
+    if summary.earliest_expiry_seconds is not None:
+        lines += gauge(
+            "gmail_token_earliest_expiry_seconds",
+            "Seconds until the earliest access token expiry (0: one has expired).",
+            [("", summary.earliest_expiry_seconds)],
+        )
+    if summary.newest_refresh_age_seconds is not None:
         lines += gauge(
             "gmail_token_newest_refresh_age_seconds",
             "Seconds since any grant was last refreshed or saved (the keepalive's pulse).",
-            [("", min(ages))],
+            [("", summary.newest_refresh_age_seconds)],
         )
     return "\n".join(lines) + "\n"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import io
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -27,18 +28,14 @@ from .common import (
     say,
     user_id_arg,
 )
-from .grants import (
-    authorize_user,
-    check,
-    import_grant,
-    init_db,
-    list_grants,
-    metrics,
-    refresh,
-)
+from .grants import authorize_user, check, import_grant, init_db, refresh
 from .keepalive import notify, refresh_all
 from .keys import add_commands as _key_commands
+from .listing import list_grants, metrics
 from .web import reconnect_link_for, risc_register, serve_app
+
+#: The exit code of a command whose output pipe closed (128 + SIGPIPE, as a shell shows it).
+EXIT_SIGPIPE = 141
 
 #: Adds one command (name, handler, help) and returns its parser.
 Command = Callable[[str, Handler, str], argparse.ArgumentParser]
@@ -361,3 +358,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         say(f"{PROG}: interrupted", sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (`list | head`): stop quietly, as a pipeline expects, and
+        # keep the interpreter's last flush of stdout from failing again at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_SIGPIPE

@@ -1,17 +1,11 @@
-"""The commands on one grant or the table: init-db, import, authorize, check, refresh,
-list, metrics."""
+"""The commands on one grant: init-db, import, authorize, check, refresh."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
-from collections.abc import Sequence
 from pathlib import Path
 
-from .. import TokenStatus
-from .._core.text import printable
-from ..metrics import exposition
 from .common import EXIT_FAILURE, EXIT_OK, Failure, open_store, say, say_stored
 from .token_file import TokenFileError, read_token_file
 
@@ -77,83 +71,4 @@ def refresh(args: argparse.Namespace) -> int:
     with open_store(args) as store:
         result = store.refresh(args.user_id, force=args.force)
     say(json.dumps(result.to_dict(include_token=False), indent=2))
-    return EXIT_OK
-
-
-def time_left(status: TokenStatus) -> str:
-    seconds = status.remaining_seconds
-    if seconds is None:
-        return "-"
-    if status.is_expired:
-        return "expired"
-    if seconds < 3600:
-        return f"{seconds // 60}m"
-    if seconds < 86_400:
-        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-    return f"{seconds // 86_400}d"
-
-
-#: Widest a table cell from the database may be: a 1 MB email must not pad every line.
-CELL = 40
-
-
-def table(statuses: Sequence[TokenStatus]) -> str:
-    header = ("USER_ID", "EMAIL", "ROBEING", "STATE", "LEFT", "LAST_REFRESH", "ACCOUNT")
-    rows = [
-        (
-            printable(status.user_id, CELL),
-            printable(status.email or "-", CELL),
-            printable(status.robeing_id or "-", CELL),
-            status.state,
-            time_left(status),
-            status.last_refreshed.strftime("%Y-%m-%d %H:%M") if status.last_refreshed else "-",
-            "verified" if status.account_verified else "unverified",
-        )
-        for status in statuses
-    ]
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    lines = [
-        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-        for row in [header, *rows]
-    ]
-    return "\n".join(lines)
-
-
-def by_key(statuses: Sequence[TokenStatus]) -> dict[str, int]:
-    """Rows sealed with each key id (an old key can leave the keyring at 0)."""
-    counts: dict[str, int] = {}
-    for status in statuses:
-        if status.key_id is not None:
-            counts[status.key_id] = counts.get(status.key_id, 0) + 1
-    return counts
-
-
-def list_grants(args: argparse.Namespace) -> int:
-    with open_store(args) as store:
-        statuses = store.check_all()
-    attention = [status for status in statuses if status.needs_attention]
-    shown = attention if args.needs_attention else statuses
-    if args.json:
-        say(json.dumps([status.to_dict() for status in shown], indent=2))
-    else:
-        if shown:
-            say(table(shown))
-        for status in shown:
-            if status.needs_attention and status.problem:
-                say(f"{status.user_id}: {status.state}: {printable(status.problem)}")
-        say(f"{len(statuses)} grants, {len(attention)} need attention")
-        sealed = by_key(statuses)
-        if sealed:
-            plaintext = len(statuses) - sum(sealed.values())
-            counts = ", ".join(f"{printable(key, 64)}: {n}" for key, n in sorted(sealed.items()))
-            say(f"sealed by key: {counts}; plaintext: {plaintext}")
-    if args.needs_attention and attention:
-        return EXIT_FAILURE
-    return EXIT_OK
-
-
-def metrics(args: argparse.Namespace) -> int:
-    with open_store(args) as store:
-        statuses = store.check_all()
-    sys.stdout.write(exposition(statuses))
     return EXIT_OK

@@ -85,6 +85,74 @@ ROWS_BY_ID = Sql(
     privilege="SELECT",
 )
 
+#: The token URIs the rows name, as the parse computes them (the sieve's policy check).
+_TOKEN_URI = (
+    "COALESCE(NULLIF(oauth_config->>'token_uri', ''), NULLIF(token_data->>'token_uri', ''),"
+    " 'https://oauth2.googleapis.com/token')"
+)
+TOKEN_URIS = Sql(f"SELECT DISTINCT {_TOKEN_URI} FROM {TABLE} LIMIT %(limit)s", privilege="SELECT")
+
+
+def _small(column: str, kind: str) -> str:
+    # Under 512 bytes of uncompressed jsonb: it cannot nest 64 deep or print 64 KiB.
+    return (
+        f"pg_column_compression({column}) IS NULL AND pg_column_size({column}) < 512"
+        f" AND jsonb_typeof({column}) = '{kind}'"
+    )
+
+
+def _text(value: str) -> str:
+    return f"jsonb_typeof({value}) = 'string' AND {value} <> '\"\"'::jsonb"
+
+
+#: A row of no interest (see `_core.listing`): its parse finds nothing wrong, its state is
+#: ok, it is not due within %(margin)s s nor idle for %(idle)s s. Any NULL makes it false.
+_OF_NO_INTEREST = (
+    "COALESCE("
+    + " AND ".join(
+        (
+            _small("token_data", "object"),
+            "NOT token_data ? 'sealed'",
+            _text("token_data->'access_token'"),
+            _text("token_data->'refresh_token'"),
+            "(token_data->'token_uri' IS NULL OR jsonb_typeof(token_data->'token_uri') = 'string')",
+            "oauth_config IS NOT NULL",
+            _small("oauth_config", "object"),
+            _text("oauth_config->'client_id'"),
+            _text("oauth_config->'client_secret'"),
+            "(oauth_config->'token_uri' IS NULL"
+            " OR jsonb_typeof(oauth_config->'token_uri') = 'string')",
+            f"{_TOKEN_URI} = ANY(%(token_uris)s::text[])",
+            "scopes IS NOT NULL",
+            _small("scopes", "array"),
+            "NOT jsonb_path_exists(scopes, '$[*] ? (@.type() != \"string\")')",
+            f"(metadata IS NULL OR ({_small('metadata', 'object')}"
+            " AND NOT metadata ? 'refresh_failure'))",
+            "expiry < '10000-01-01'",
+            "extract(epoch FROM expiry) >= extract(epoch FROM statement_timestamp()) + %(margin)s",
+            "(updated_at IS NULL OR (updated_at < '10000-01-01' AND extract(epoch FROM updated_at)"
+            " >= extract(epoch FROM LOCALTIMESTAMP) - %(idle)s))",
+        )
+    )
+    + ", false)"
+)
+#: A page of `limit` rows after an id, sieved: the rows of interest as every read returns
+#: them (then four NULLs), and one last row (id NULL) counting the others: the clocks,
+#: how many, their earliest expiry, their newest write, and the page's last id.
+SIEVED_PAGE = Sql(
+    f"WITH page AS MATERIALIZED (SELECT t.*, t.xmin::text AS row_version,"
+    f" {_OF_NO_INTEREST} AS dull FROM {TABLE} t"
+    " WHERE t.id > %(after)s ORDER BY t.id LIMIT %(limit)s)"
+    f" SELECT {COLUMNS.replace('xmin::text', 'row_version')}, {_DB_CLOCK}, {_DB_LOCAL_TIME},"
+    " NULL::int8, NULL::float8, NULL::float8, NULL::int4 FROM page WHERE NOT dull"
+    " UNION ALL SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,"
+    f" {_DB_CLOCK}, {_DB_LOCAL_TIME}, count(*) FILTER (WHERE dull),"
+    " min(extract(epoch FROM expiry)::float8) FILTER (WHERE dull),"
+    " max(extract(epoch FROM updated_at)::float8) FILTER (WHERE dull), max(id) FROM page"
+    " ORDER BY 1 NULLS LAST",
+    privilege="SELECT",
+)
+
 _LOCK_ROW = f"SELECT {COLUMNS}, {_DB_CLOCK} FROM {TABLE} WHERE user_id = {{}} FOR NO KEY UPDATE"
 #: Privileges a row lock needs, by its purpose (`LockRow.purpose`): `FOR NO KEY UPDATE`
 #: needs UPDATE; the refresh writes back, a save may insert.
@@ -255,6 +323,8 @@ SQL: dict[Statement, Sql] = {
     Statement.PAGE_ROWS: PAGE_ROWS,
     Statement.ROWS_BY_ID: ROWS_BY_ID,
     Statement.RESEAL_ROWS: RESEAL_ROWS,
+    Statement.TOKEN_URIS: TOKEN_URIS,
+    Statement.SIEVED_PAGE: SIEVED_PAGE,
 }
 
 

@@ -128,7 +128,10 @@ def ops_routes(store: AsyncTokenStore, requests: Requests) -> list[Route]:
     async def metrics(_request: Request) -> Response:
         if time.monotonic() - health["at"] > HEALTH_EVERY:
             try:
-                health["text"] = exposition(await store.check_all())
+                stream = store.iter_statuses(needs_attention=True)  # flat memory, sieved
+                async for _ in stream:
+                    pass
+                health["text"] = exposition(stream.summary)
                 health["at"] = time.monotonic()
             except TokenStoreError:
                 pass  # the request families still tell something
