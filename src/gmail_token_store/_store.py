@@ -34,7 +34,7 @@ from ._io import fork
 from ._io.conninfo import conninfo_from
 from ._io.events import logger
 from ._io.sync_shell import SyncShell
-from ._keepalive import refresh_all
+from ._keepalive import refresh_all, sieve_bounds, wanted
 from ._options import StoreOptions, dsn_from_env, options_from_env
 from ._results import RefreshResult, StatusStream, TokenStatus
 
@@ -261,16 +261,39 @@ class TokenStore(StoreBase):
         """The keepalive: refresh every grant expiring within `within` seconds (default:
         the refresh margin) or not refreshed for `idle_days`, `concurrency` at a time.
 
-        Each row goes through `refresh(..., unless_written_since=...)`, so a row somebody
-        refreshed since the listing is not refreshed again. `progress` is called with the
-        report so far every few seconds."""
+        The table is walked page by page through a sieve (memory stays flat), and each due
+        row is refreshed as it comes, by compare-and-set on the version it was listed with
+        (a row somebody refreshed since is not refreshed again) and only if nobody holds
+        its lock (SKIP LOCKED: a row another run or a service is refreshing is left to it,
+        `report.taken`). So several runs at once, on several hosts, share the due rows, and
+        a run that dies holds nothing. `progress` is called with the report so far every
+        few seconds."""
+        within = self.refresh_margin if within is None else within
+        summary = TableSummary()
+        walk = self._statuses(
+            summary,
+            2000,
+            keep=wanted(within, idle_days),
+            **sieve_bounds(self.refresh_margin, within, idle_days),
+        )
         return refresh_all(
-            self,
-            within=self.refresh_margin if within is None else within,
+            walk,
+            summary,
+            self._refresh_unless_taken,
+            within=within,
             idle_days=idle_days,
             concurrency=concurrency,
             progress=progress,
         )
+
+    def _refresh_unless_taken(self, user_id: str, version: str | None) -> RefreshResult | None:
+        """The keepalive's refresh (see `flows.keepalive_refresh`): None when another run
+        or a service holds the row's lock."""
+        outcome = self._run(flows.keepalive_refresh(self._core, user_id, version))
+        if outcome is None:
+            return None
+        seen, record = outcome
+        return refresh_result(self._core, seen, record, self._remember(record), time.time())
 
     def save(
         self,

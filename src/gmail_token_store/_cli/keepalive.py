@@ -31,6 +31,7 @@ def refresh_all(args: argparse.Namespace) -> int:
         say(f"refresh-all: {report.checked} grants, {report.due} due or idle")
         say(f"  refreshed:             {report.refreshed}")
         say(f"  still valid:           {report.still_valid}")
+        say(f"  taken by another run:  {report.taken}")
         say(f"  need re-authorization: {len(report.need_reauth)}")
         say(f"  failed:                {len(report.failed) + len(report.retry_later)}")
         for label, rows in (

@@ -167,6 +167,30 @@ def refresh(
     return seen, record
 
 
+def keepalive_refresh(
+    core: Core, user_id: str, version: str | None
+) -> Flow[tuple[TokenRecord, TokenRecord] | None]:
+    """The keepalive's refresh: like `refresh(..., unless_written_since=version)`, but a row
+    whose lock another transaction holds is left to it (SKIP LOCKED: another run, or a
+    service, is refreshing it): None. Several runs at once so share the due rows, and a run
+    that dies holds nothing (its transaction ends with its connection)."""
+    seen, read_at = yield from read_row(core, user_id)
+    raise_if_unusable(seen, core.policy, refreshing=False)
+    windows = core.windows
+
+    def need(record: TokenRecord, now: float) -> bool:
+        return record.version == version or windows.is_due(record, now)
+
+    if not need(seen, read_at):
+        return seen, seen  # written since it was listed: refreshed by someone else
+    raise_if_unusable(seen, core.policy)
+    record = yield from refresh_shared(
+        core, seen, need, lock_wait=None, follower_wait=None, stale_ok=None
+    )
+    # `seen` itself comes back only when the lock (or this process's flight) was taken.
+    return None if record is seen else (seen, record)
+
+
 def refresh_shared(
     core: Core,
     seen: TokenRecord,

@@ -30,6 +30,8 @@ class KeepaliveReport:
     processed: int = 0
     refreshed: int = 0
     still_valid: int = 0
+    #: Due rows another run (or a service) was refreshing when this one came: left to it.
+    taken: int = 0
     need_reauth: list[tuple[str, str]] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
     retry_later: list[tuple[str, str]] = field(default_factory=list)
@@ -55,32 +57,32 @@ def is_due(status: TokenStatus, *, within: float, idle_days: float) -> bool:
     )
 
 
-def plan(
-    statuses: list[TokenStatus], *, within: float, idle_days: float
-) -> tuple[KeepaliveReport, list[TokenStatus]]:
-    """The report so far (rows that need a person) and the rows to refresh."""
-    report = KeepaliveReport(checked=len(statuses))
-    due: list[TokenStatus] = []
-    for status in statuses:
-        if status.state == "broken":
-            report.failed.append(
-                (label(status), printable(status.problem or "the row is unusable"))
-            )
-        elif status.state == "reauth-required":
-            report.need_reauth.append(
-                (label(status), printable(status.problem or "a new consent is needed"))
-            )
-        elif is_due(status, within=within, idle_days=idle_days):
-            due.append(status)
-    report.due = len(due)
-    return report, due
+def triage(
+    report: KeepaliveReport, status: TokenStatus, *, within: float, idle_days: float
+) -> bool:
+    """Note a row that needs a person in the report; True when the row is to be refreshed."""
+    if status.state == "broken":
+        report.failed.append((label(status), printable(status.problem or "the row is unusable")))
+        return False
+    if status.state == "reauth-required":
+        report.need_reauth.append(
+            (label(status), printable(status.problem or "a new consent is needed"))
+        )
+        return False
+    if is_due(status, within=within, idle_days=idle_days):
+        report.due += 1
+        return True
+    return False
 
 
 def tally(report: KeepaliveReport, status: TokenStatus, outcome: object) -> None:
-    """Count one row's outcome: a `RefreshResult`-like object with `.status`, or an error."""
+    """Count one row's outcome: a `RefreshResult`-like object with `.status`, an error, or
+    None (another run or a service held the row: it is refreshing it)."""
     who = label(status)
     report.processed += 1
-    if isinstance(outcome, ReauthRequiredError):
+    if outcome is None:
+        report.taken += 1
+    elif isinstance(outcome, ReauthRequiredError):
         report.need_reauth.append((who, printable(outcome.reason)))
     elif isinstance(outcome, RefreshFailedError):
         (report.retry_later if outcome.retryable else report.failed).append(
