@@ -102,6 +102,27 @@ class StatementCounter:
         self.file.close()
 
 
+class _SyncStream:
+    """An AsyncStatusStream driven on a facade's loop, as a StatusStream."""
+
+    def __init__(self, facade: AsyncFacade, stream: Any) -> None:
+        self._facade, self._stream = facade, stream
+        self.summary = stream.summary
+
+    @property
+    def complete(self) -> bool:
+        return bool(self._stream.complete)
+
+    def __iter__(self) -> _SyncStream:
+        return self
+
+    def __next__(self) -> Any:
+        try:
+            return self._facade.call(self._stream.__anext__())
+        except StopAsyncIteration:
+            raise StopIteration from None
+
+
 class AsyncFacade:
     """An AsyncTokenStore driven from sync test code: each call runs on the facade's own
     event loop (in its own thread), so every behavioural test runs against both stores.
@@ -141,6 +162,10 @@ class AsyncFacade:
 
     def create_table(self) -> bool:
         return self.call(self.store.create_table())
+
+    def iter_statuses(self, **kwargs: Any) -> Any:
+        """The async stream, iterated from sync code one status at a time."""
+        return _SyncStream(self, self.store.iter_statuses(**kwargs))
 
     def record_revocation(self, **kwargs: Any) -> Any:
         return self.call(self.store.record_revocation(**kwargs))
