@@ -93,6 +93,7 @@ FROM (SELECT t.id, t.user_id, t.robeing_id, t.metadata, t.scopes, t.expiry, t.up
     coalesce(t.oauth_config->>'token_uri', t.token_data->>'token_uri',
              'https://oauth2.googleapis.com/token') AS token_uri,
     t.metadata->'refresh_failure' AS failure,
+    left(t.token_data->'sealed'->>'kid', 64) AS key_id,
     CASE WHEN jsonb_typeof(t.metadata->'email') = 'string'
          THEN nullif(t.metadata->>'email', '') END AS email,
     CASE WHEN t.metadata->'account_verified' = 'true'::jsonb
@@ -107,7 +108,7 @@ _SINCE = "trunc(extract(epoch FROM LOCALTIMESTAMP) - extract(epoch FROM s.update
 
 _ISO = "'YYYY-MM-DD\"T\"HH24:MI:SS'"
 
-#: `list --json`: the same 24 keys per row, in the same order, oldest row first.
+#: `list --json`: the same 25 keys per row, in the same order, oldest row first.
 LIST_JSON = f"""\
 COPY ({CLASSIFIED}SELECT json_build_object(
     'status', 'found',
@@ -129,7 +130,8 @@ COPY ({CLASSIFIED}SELECT json_build_object(
     'last_error', CASE WHEN s.failed THEN json_build_object(
         'error', coalesce(s.failure->>'error', 'unknown'),
         'description', coalesce(s.failure->>'description', ''),
-        'at', coalesce(s.failure->>'at', '')) END,
+        'at', coalesce(s.failure->>'at', ''),
+        'source', coalesce(s.failure->>'source', 'token_endpoint')) END,
     'robeing_id', s.robeing_id,
     'expiry', to_char(s.expiry, {_ISO}),
     'last_refreshed', to_char(s.updated_at, {_ISO}),
@@ -140,7 +142,8 @@ COPY ({CLASSIFIED}SELECT json_build_object(
     'google_account_id', s.google_account_id,
     'consented_at', CASE WHEN s.metadata->>'consented_at' ~ '^\\d{{4}}-\\d\\d-\\d\\dT'
         THEN to_char((s.metadata->>'consented_at')::timestamptz AT TIME ZONE 'UTC', {_ISO})
-        END)
+        END,
+    'key_id', s.key_id)
 FROM states s ORDER BY s.id) TO STDOUT"""
 
 #: `list --needs-attention`: the table's columns and the problem of the rows that need a
@@ -253,7 +256,7 @@ def _listing(output: bytes, dsn: str, slack: float) -> str:
         return f"DIFFER: {len(command)} rows against {len(bare)}, {len(differ)} fields{first}"
     edge = sum(_near_edge((row, command.get(row["user_id"], {})), slack) for row in bare)
     return (
-        f"yes: {len(bare):,} rows, all 24 fields (seconds from now within {slack:.0f} s, the "
+        f"yes: {len(bare):,} rows, all 25 fields (seconds from now within {slack:.0f} s, the "
         f"read's distance; {edge:,} tokens within that of an edge: their state not compared)"
     )
 

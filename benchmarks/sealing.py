@@ -117,7 +117,9 @@ def miss_and_cache(rounds: int, calls: int) -> None:
     hit = us["cache hit, store with keys"] / us["cache hit, store without keys"]
     print("\nRatios:")
     print(f"  miss sealed (cold) / plaintext <= 1.05: {cold:.3f}  {verdict(cold, 1.05)}")
-    print(f"  miss sealed (seen) / plaintext <= 1.05: {seen_ratio:.3f}  {verdict(seen_ratio, 1.05)}")
+    print(
+        f"  miss sealed (seen) / plaintext <= 1.05: {seen_ratio:.3f}  {verdict(seen_ratio, 1.05)}"
+    )
     print(f"  cache hit with keys / without:          {hit:.3f}  (unchanged: same code path)")
 
 

@@ -39,9 +39,7 @@ def test_every_name_of_the_consent_and_the_web_app_is_in_the_readme() -> None:
     serving = README.split("## Serving the API", 1)[1].split("\n## ", 1)[0]
     missing = [name for name in consent.__all__ if not re.search(rf"\b{name}\b", reconnecting)]
     missing += [
-        name
-        for name in web.__all__
-        if not re.search(rf"\b{name}\b", reconnecting + serving)
+        name for name in web.__all__ if not re.search(rf"\b{name}\b", reconnecting + serving)
     ]
     assert missing == []
 

@@ -26,8 +26,15 @@ from gmail_token_store import TokenStore
 from gmail_token_store._cli.listing import indented
 from gmail_token_store._core.keepalive import is_due
 from gmail_token_store._core.listing import IDLE_SECONDS, Sieve
-from gmail_token_store._core.record import FAILURE_KEY, fingerprint
-from gmail_token_store._io.sql import SIEVED_PAGE
+from gmail_token_store._core.record import (
+    CANONICAL,
+    FAILURE_KEY,
+    TokenRecord,
+    fingerprint,
+    listed_record,
+    parse_row,
+)
+from gmail_token_store._io.sql import COLUMNS, PAGE_ROWS, SIEVED_PAGE
 from gmail_token_store._keepalive import sieve_bounds
 from gmail_token_store.metrics import exposition
 from gmail_token_store.testing import FakeTokenEndpoint
@@ -159,9 +166,9 @@ def dull_rows(dsn: str, sieve: Sieve) -> set[str]:
         while True:
             rows = conn.execute(SIEVED_PAGE.text, sieve.params(after, 7)).fetchall()
             sent |= {row[0] for row in rows[:-1]}
-            if rows[-1][16] is None:
+            if rows[-1][23] is None:
                 break
-            after = rows[-1][16]
+            after = rows[-1][23]
         users: dict[int, str] = dict(
             conn.execute("SELECT id, user_id::text FROM gmail_token").fetchall()
         )
@@ -433,3 +440,39 @@ def test_refresh_all_within_0_refreshes_every_expired_row(
 def test_iter_statuses_refuses_a_bad_page_size(make_store: Callable[..., TokenStore]) -> None:
     with pytest.raises(ValueError, match="page_size"):
         make_store().iter_statuses(page_size=0)
+
+
+def test_a_canonical_row_listed_without_decoding_is_the_record_the_parse_makes(
+    dsn: str, seed: SeedRow, endpoint: FakeTokenEndpoint
+) -> None:
+    rows = varied_table(dsn, seed, endpoint)
+    seed(
+        metadata=Jsonb(
+            {
+                "email": "\u00e9l\u00e8ve\u202e@gmail.com",
+                "google_account_id": "1234",
+                "account_verified": True,
+                "consented_at": "2026-11-30T10:00:00+00:00",
+            }
+        )
+    )
+    seed(metadata=None, robeing_id=None, updated_at=None, scopes=Jsonb([]))
+    seed(scopes=Jsonb(["https://www.googleapis.com/auth/gmail.send", "openid", "email"]))
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        listed = conn.execute(PAGE_ROWS.text, {"after": 0, "limit": 10_000}).fetchall()
+        whole = {
+            row[0]: row
+            for row in conn.execute(
+                f"SELECT {COLUMNS}, extract(epoch from statement_timestamp())::float8,"
+                " extract(epoch from LOCALTIMESTAMP)::float8 FROM gmail_token"
+            )
+        }
+    canonical = [row for row in listed if row[CANONICAL]]
+    assert len(canonical) >= 25 and len(canonical) < len(listed)
+    assert rows["dead"] in {row[1] for row in canonical}  # failures too: decoded from metadata
+    for row in canonical:
+        fast, parsed = listed_record(row), parse_row(whole[row[0]])
+        for name in TokenRecord.__slots__:
+            if name in ("token_data", "oauth_config", "rewritable", "sealed_ids"):
+                continue  # (what a write back needs: a listed record is never written)
+            assert getattr(fast, name) == getattr(parsed, name), (name, row[1])

@@ -87,6 +87,10 @@ _SCALARS: dict[type, Callable[[Any], str]] = {
 }
 
 
+#: Keys as written ('"key": '), for the few dicts a listing writes over and over.
+_KEYS: dict[str, str] = {}
+
+
 def indented(value: Any, indent: str = "") -> str:
     """`value` as `json.dumps(value, indent=2)` writes it, nested at `indent`."""
     write = _SCALARS.get(type(value))
@@ -96,20 +100,21 @@ def indented(value: Any, indent: str = "") -> str:
     if isinstance(value, dict):
         if not value:
             return "{}"
-        items = (
-            f"{inner}{_string(str(key))}: {indented(item, inner)}" for key, item in value.items()
-        )
-        return "{\n" + ",\n".join(items) + "\n" + indent + "}"
+        scalars, keys, parts = _SCALARS, _KEYS, []
+        for key, item in value.items():
+            name = keys.get(key) if type(key) is str else None
+            if name is None:
+                name = _string(str(key)) + ": "
+                if type(key) is str and len(keys) < 256:
+                    keys[key] = name
+            write = scalars.get(type(item))
+            parts.append(name + (write(item) if write is not None else indented(item, inner)))
+        return "{\n" + inner + (",\n" + inner).join(parts) + "\n" + indent + "}"
     if isinstance(value, list | tuple):
         if not value:
             return "[]"
-        return (
-            "[\n"
-            + ",\n".join(inner + indented(item, inner) for item in value)
-            + "\n"
-            + indent
-            + "]"
-        )
+        items = (inner + indented(item, inner) for item in value)
+        return "[\n" + ",\n".join(items) + "\n" + indent + "]"
     return json.dumps(value, indent=2)  # anything else: as json would (or its error)
 
 

@@ -48,9 +48,9 @@ IDLE_SECONDS = IDLE_AFTER.total_seconds()
 MAX_TOKEN_URIS = 1000
 #: Seconds given away at each time bound: a float rounding can never hide a row.
 SLACK = 1.0
-#: The columns a read row carries before any extra ones (see `_io.sql.COLUMNS`): 11, then
-#: the database's clock and local time.
-READ_WIDTH = 13
+#: The columns of a listed row (`_io.sql._LISTED`): a read's 13, `canonical` and the 6
+#: fields SQL extracted (`record.listed_record`).
+LISTED_WIDTH = 20
 
 assert MAX_COLUMN_CHARS >= 6 * 512  # noqa: S101 - what the sieve's size bound relies on
 
@@ -146,7 +146,7 @@ class Sieve:
 
 def _status(core: Core, row: Sequence[Any]) -> TokenStatus:
     return classify(
-        core.parse(row),
+        core.parse_listed(row),
         db_now=row[11],
         db_local_now=row[12],
         windows=core.windows,
@@ -183,13 +183,14 @@ def sieved_page(
     statuses returned are not: the caller counts what it keeps)."""
     rows = yield from once_more_if_lost(Query(Statement.SIEVED_PAGE, sieve.params(after, limit)))
     counted = rows[-1]  # the page's tally of the rows let go, and its last id
-    clock, local_now, count, earliest, newest, last_id = counted[11:17]
+    clock, local_now = counted[11:13]
+    count, earliest, newest, last_id = counted[LISTED_WIDTH:]
     summary.add_ok(
         count,
         earliest - clock if earliest is not None else None,
         local_now - newest if newest is not None else None,
     )
-    statuses = [_status(core, row[:READ_WIDTH]) for row in rows[:-1]]
+    statuses = [_status(core, row) for row in rows[:-1]]
     return Page(
         statuses, last_id if last_id is not None and count + len(statuses) == limit else None
     )

@@ -502,3 +502,54 @@ def parse_row(
         sealed_ids=seal.ids if sealed is not None else None,
         rewritable=columns_read and (sealed is None or seal.secrets is not None),
     )
+
+
+#: Where `_io.sql`'s listing statements put what SQL extracted from a row in the production
+#: layout ("canonical", see `listed_record`): after the 13 columns every read has.
+CANONICAL, ACCESS_AT, REFRESH_AT, CLIENT_ID_AT, CLIENT_SECRET_AT, TOKEN_URI_AT, SCOPES_AT = range(
+    13, 20
+)
+_NO_DATA: Mapping[str, Any] = Masked()
+
+
+def listed_record(row: Sequence[Any]) -> TokenRecord:
+    """The record of a listed row that SQL found in the production layout: the record
+    `parse_row` makes of it, without decoding its JSON columns (SQL extracted the fields).
+
+    "Canonical" (the listing statements' predicate) means: token_data and oauth_config are
+    small objects with non-empty string tokens and client, token URIs strings or absent, no
+    seal; scopes a small array of strings; metadata NULL or a small object; the expiry set
+    and both timestamps between 1900 and 10000. For such a row `parse_row` finds no problem
+    and reads exactly these fields, which `tests/test_listing.py` checks. The record is for
+    classifying only: it carries no token_data to write back (`rewritable` is False).
+    """
+    problems: list[str] = []
+    metadata = _column(row[6], "metadata", problems, required=False)
+    expiry = from_epoch(row[7])
+    refresh_token: str = row[REFRESH_AT]
+    email = metadata.get("email") if metadata else None
+    client_id, client_secret = row[CLIENT_ID_AT], row[CLIENT_SECRET_AT]
+    return TokenRecord(
+        row_id=row[0],
+        user_id=row[1],
+        robeing_id=row[2],
+        email=email if isinstance(email, str) and email else None,
+        access_token=row[ACCESS_AT],
+        access_token_key=ACCESS,
+        refresh_token=refresh_token,
+        client_id=client_id,
+        client_secret=client_secret,
+        client_in_row=True,
+        token_uri=row[TOKEN_URI_AT],
+        scopes=tuple(row[SCOPES_AT]),
+        expiry=expiry,
+        expiry_epoch=epoch(expiry),
+        updated_at=from_epoch(row[8]) if row[8] is not None else None,
+        version=row[9],
+        failure=_recorded_failure(metadata or {}, refresh_token),
+        google_account_id=_verified_account(metadata),
+        consented_at=_consented_at(metadata),
+        token_data=_NO_DATA,
+        metadata=metadata,
+        problem="; ".join(problems) or None,
+    )

