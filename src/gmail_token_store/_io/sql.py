@@ -176,9 +176,9 @@ _LISTED = ", ".join(
 #: The rows of a page, each with its version and whether it is canonical (computed once
 #: per row: OFFSET 0 keeps the planner from copying the expression into every use).
 _PAGE = (
-    "SELECT t.*, t.xmin::text AS row_version, {canonical} AS canonical FROM {table} t"
+    f"SELECT t.*, t.xmin::text AS row_version, {_CANONICAL} AS canonical FROM {TABLE} t"
     " WHERE t.id > %(after)s ORDER BY t.id LIMIT %(limit)s OFFSET 0"
-).format(canonical=_CANONICAL, table=TABLE)
+)
 #: A page of rows after an id (keyset pagination: nothing stays open between pages).
 PAGE_ROWS = Sql(f"SELECT {_LISTED} FROM ({_PAGE}) page ORDER BY id", privilege="SELECT")
 #: A page of `limit` rows after an id, sieved: the rows of interest as listed (read again
