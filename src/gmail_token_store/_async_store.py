@@ -61,6 +61,9 @@ class AsyncTokenStore(StoreBase):
             prepare_threshold=settings.prepare_threshold,
             on_event=settings.on_event,
             forget=self._forget_cached,
+            read_conninfo=(
+                conninfo_from(settings.read_conninfo) if settings.read_conninfo else None
+            ),
         )
         self._closing = asyncio.Lock()
         self._refresher = AsyncRefresher(self._adopt_or_refresh, settings.windows)

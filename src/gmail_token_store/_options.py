@@ -39,6 +39,9 @@ class StoreOptions(TypedDict, total=False):
     max_connections (10): size of the store's own connection pool.
     connect_timeout (10): longest wait for a database connection.
     on_event (None): called with a TokenEvent per refresh, stale serve and failure.
+    read_conninfo (None): a libpq URL or DSN for hot-path reads (streaming standbys, e.g.
+        with target_session_attrs=prefer-standby); locks, writes and listings stay on the
+        primary. A row found due there is refreshed under the primary's lock.
     keys (None): seal secrets at rest with these keys: a `gmail_token_store.keys.KeyProvider`
         (e.g. a `Keyring`) or a keyring's text (`id=base64key,...`, the first seals).
         Rows sealed with a key the store lacks are reported broken, naming the key.
@@ -62,6 +65,7 @@ class StoreOptions(TypedDict, total=False):
     on_event: EventHook | None
     keys: KeyProvider | str | None
     seal: bool
+    read_conninfo: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +89,7 @@ class Settings:
     #: A provider, or a keyring's text (the store parses it: `keys` needs `cryptography`).
     keys: KeyProvider | str | None = field(repr=False)
     seal: bool
+    read_conninfo: str | None = field(repr=False)
 
     @property
     def windows(self) -> Windows:
@@ -166,6 +171,7 @@ def settings_from(options: StoreOptions) -> Settings:
         on_event=on_event,
         keys=_key_provider(options.get("keys")),
         seal=seal,
+        read_conninfo=_optional_text("read_conninfo", options.get("read_conninfo")),
     )
 
 
@@ -209,6 +215,9 @@ def options_from_env(options: StoreOptions) -> StoreOptions:
         if flag not in ("0", "1"):
             raise ConfigurationError(f"{ALLOW_LOOPBACK_ENV} must be 1 or 0 (or unset)")
         merged["allow_loopback_token_uri"] = flag == "1"
+    read_dsn = env(READ_DSN_ENV)
+    if read_dsn is not None:
+        merged["read_conninfo"] = read_dsn
     keys = _keys_from_env()
     if keys is not None:
         merged["keys"] = keys
@@ -221,6 +230,8 @@ def options_from_env(options: StoreOptions) -> StoreOptions:
     return merged
 
 
+#: Where hot-path reads go (a standby, or a multi-host DSN with prefer-standby).
+READ_DSN_ENV = "GMAIL_TOKEN_STORE_READ_DSN"
 #: The keyring (`id=base64key,...`, the first seals), or a file holding it; whether to seal.
 KEYS_ENV = "GMAIL_TOKEN_STORE_KEYS"
 KEYS_FILE_ENV = "GMAIL_TOKEN_STORE_KEYS_FILE"

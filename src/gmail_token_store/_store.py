@@ -67,6 +67,9 @@ class TokenStore(StoreBase):
             prepare_threshold=settings.prepare_threshold,
             on_event=settings.on_event,
             forget=self._forget_cached,
+            read_conninfo=(
+                conninfo_from(settings.read_conninfo) if settings.read_conninfo else None
+            ),
         )
         self._closing = threading.Lock()
         fork.register(self._after_fork_in_child)

@@ -67,11 +67,15 @@ class RowRead:
     clock: ClockSample | None
     #: Whether the row's expiry column is a timestamptz (decides how expiries are written).
     expiry_has_time_zone: bool = False
+    #: Read from a standby (`read_conninfo`): perhaps behind the primary; its clock is not
+    #: the primary's.
+    standby: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class ReadRow:
-    """The hot path: the user's row and the database clock, in autocommit."""
+    """The hot path: the user's row and the database clock, in autocommit; from a standby
+    when the store has `read_conninfo` (the primary when the standby does not answer)."""
 
     user_id: str
 

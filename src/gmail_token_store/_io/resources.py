@@ -33,6 +33,8 @@ class Opened:
 
     pool: Pool | PoolAdapter
     http: httpx.Client
+    #: Where hot-path reads go (`read_conninfo`), or None: the primary.
+    read_pool: Pool | None = None
     flights: SingleFlight[Any] = field(default_factory=SingleFlight)
     pid: int = field(default_factory=os.getpid)
 
@@ -40,8 +42,14 @@ class Opened:
 class Resources:
     """Opens a TokenStore's pool and HTTP client on first use in each process."""
 
-    def __init__(self, make_pool: Callable[[], Pool | PoolAdapter], max_connections: int) -> None:
+    def __init__(
+        self,
+        make_pool: Callable[[], Pool | PoolAdapter],
+        max_connections: int,
+        make_read_pool: Callable[[], Pool] | None = None,
+    ) -> None:
         self._make_pool = make_pool
+        self._make_read_pool = make_read_pool
         self._max_connections = max_connections
         self._opened: Opened | None = None
         self._lock = threading.Lock()
@@ -58,7 +66,8 @@ class Resources:
             if opened is None or opened.pid != os.getpid():
                 fork.inherit(opened)  # (a pid mismatch here: forked without at-fork hooks)
                 http = sync_client(self._max_connections)
-                opened = self._opened = Opened(self._make_pool(), http)
+                reads = self._make_read_pool() if self._make_read_pool is not None else None
+                opened = self._opened = Opened(self._make_pool(), http, reads)
             return opened
 
     @property
@@ -72,6 +81,8 @@ class Resources:
         opened, self._opened = self._opened, None
         if opened is not None and opened.pid == os.getpid():
             opened.pool.close()
+            if opened.read_pool is not None:
+                opened.read_pool.close()
             opened.http.close()
 
     def after_fork(self) -> None:
@@ -88,6 +99,8 @@ class AsyncOpened:
 
     pool: AsyncPool | AsyncPoolAdapter
     http: httpx.AsyncClient
+    #: Where hot-path reads go (`read_conninfo`), or None: the primary.
+    read_pool: AsyncPool | None = None
     flights: AsyncSingleFlight[Any] = field(default_factory=AsyncSingleFlight)
 
 
@@ -95,11 +108,16 @@ class AsyncResources:
     """Opens an AsyncTokenStore's pool once per process, its HTTP client once per loop."""
 
     def __init__(
-        self, make_pool: Callable[[], AsyncPool | AsyncPoolAdapter], max_connections: int
+        self,
+        make_pool: Callable[[], AsyncPool | AsyncPoolAdapter],
+        max_connections: int,
+        make_read_pool: Callable[[], AsyncPool] | None = None,
     ) -> None:
         self._make_pool = make_pool
+        self._make_read_pool = make_read_pool
         self._max_connections = max_connections
         self._pool: AsyncPool | AsyncPoolAdapter | None = None
+        self._read_pool: AsyncPool | None = None
         self._pid = os.getpid()
         self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncOpened] = (
             weakref.WeakKeyDictionary()
@@ -122,9 +140,12 @@ class AsyncResources:
             pool = self._pool
             if pool is None:
                 pool = self._pool = self._make_pool()
+                if self._make_read_pool is not None:
+                    self._read_pool = self._make_read_pool()
             opened = self._loops.get(loop)
             if opened is None:
-                opened = self._loops[loop] = AsyncOpened(pool, async_client(self._max_connections))
+                http = async_client(self._max_connections)
+                opened = self._loops[loop] = AsyncOpened(pool, http, self._read_pool)
             # The loop is referenced weakly everywhere else; this one is dropped with it
             # when another loop takes its place.
             self._current = (loop, opened)
@@ -138,8 +159,11 @@ class AsyncResources:
         self.closed = True
         self._current = None
         pool, self._pool = self._pool, None
+        reads, self._read_pool = self._read_pool, None
         if pool is not None and self._pid == os.getpid():
             await pool.close()
+            if reads is not None:
+                await reads.close()
         for opened in list(self._loops.values()):
             await opened.http.aclose()
         self._loops.clear()
@@ -150,6 +174,7 @@ class AsyncResources:
         self._lock = threading.Lock()
 
     def _forget_parent(self) -> None:
-        fork.inherit((self._pool, dict(self._loops)))
-        self._pool, self._current, self._pid = None, None, os.getpid()
+        fork.inherit((self._pool, self._read_pool, dict(self._loops)))
+        self._pool, self._read_pool, self._current = None, None, None
+        self._pid = os.getpid()
         self._loops = weakref.WeakKeyDictionary()

@@ -41,6 +41,7 @@ from .._core.effects import (
     Shared,
     Sleep,
 )
+from .._core.errors import DatabaseUnavailableError
 from .._core.events import EventHook
 from .conninfo import Conninfo
 from .errors import database_error, expect_user, unreachable
@@ -51,6 +52,8 @@ from .resources import Resources
 from .sql import EXPIRY_COLUMN, READ_ROW, SQL, lock_row, privilege, timestamptz_column
 
 T = TypeVar("T")
+#: Seconds hot-path reads go to the primary after the standby failed to answer.
+STANDBY_PAUSE = 5.0
 _IDLE = psycopg.pq.TransactionStatus.IDLE
 _ROLLBACK_OK = frozenset(
     {psycopg.pq.TransactionStatus.INTRANS, psycopg.pq.TransactionStatus.INERROR}
@@ -79,8 +82,12 @@ class SyncShell:
         prepare_threshold: int | None,
         on_event: EventHook | None,
         forget: Callable[[str], None],
+        read_conninfo: Conninfo | None = None,
     ) -> None:
         self._conninfo = conninfo
+        self._read_conninfo = read_conninfo
+        #: Until when (monotonic) hot-path reads skip the standby, after it failed.
+        self._standby_down_until = 0.0
         self._max_connections = max_connections
         self._connect_timeout = connect_timeout
         self._prepare_threshold = prepare_threshold
@@ -88,7 +95,11 @@ class SyncShell:
         self._prepare: bool | None = False if prepare_threshold is None else None
         self._on_event = on_event
         self._forget = forget
-        self.resources = Resources(self._new_pool, max_connections)
+        self.resources = Resources(
+            self._new_pool,
+            max_connections,
+            self._new_read_pool if read_conninfo is not None else None,
+        )
 
     def drive(self, flow: Flow[T]) -> T:
         """Perform each effect `flow` yields until it returns (see `_core.effects`)."""
@@ -144,6 +155,15 @@ class SyncShell:
             prepare_threshold=self._prepare_threshold,
         )
 
+    def _new_read_pool(self) -> Pool:
+        assert self._read_conninfo is not None  # noqa: S101 - only made when there is one
+        return Pool(
+            self._read_conninfo,
+            max_size=self._max_connections,
+            connect_timeout=self._connect_timeout,
+            prepare_threshold=self._prepare_threshold,
+        )
+
     # --- the database: every statement, one error mapping, one release ---------------------
 
     def _database(self, effect: DatabaseEffect, tx: Transaction) -> object:
@@ -155,7 +175,12 @@ class SyncShell:
             assert conn is not None  # noqa: S101 - LockRow came first
             assert pool is not None  # noqa: S101
         else:
-            pool = self.resources.get().pool
+            opened = self.resources.get()
+            if isinstance(effect, ReadRow) and opened.read_pool is not None:
+                standby = self._read_standby(opened.read_pool, effect)
+                if standby is not None:
+                    return standby
+            pool = opened.pool
             conn = pool.getconn()
             if isinstance(effect, LockRow):
                 tx.conn, tx.pool = conn, pool
@@ -173,6 +198,30 @@ class SyncShell:
             tx.conn = None
             pool.putconn(conn)
         return result
+
+    def _read_standby(self, pool: Pool, effect: ReadRow) -> RowRead | None:
+        """The hot-path read on a standby, or None when it does not answer: the primary
+        serves it then, and for STANDBY_PAUSE s (a standby down, or blackholed, must not
+        take the hot path with it, nor make every call wait for its connect timeout)."""
+        if time.monotonic() < self._standby_down_until:
+            return None
+        try:
+            conn = pool.getconn()
+        except DatabaseUnavailableError:
+            self._standby_down_until = time.monotonic() + STANDBY_PAUSE
+            return None
+        try:
+            read = self._run(conn, effect)
+        except psycopg.OperationalError:  # also a query cancelled by a recovery conflict
+            pool.discard(conn)
+            self._standby_down_until = time.monotonic() + STANDBY_PAUSE
+            return None
+        except BaseException:
+            pool.discard(conn)
+            raise
+        pool.putconn(conn)
+        assert isinstance(read, RowRead)  # noqa: S101 - what a ReadRow returns
+        return RowRead(read.row, read.clock, read.expiry_has_time_zone, standby=True)
 
     def _run(self, conn: Connection, effect: DatabaseEffect) -> object:
         match effect:

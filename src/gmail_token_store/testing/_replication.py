@@ -182,7 +182,9 @@ class ReplicatedPostgres:
     def wait_for_replay(self, timeout: float = 30.0) -> None:
         """Return once the standby has replayed everything the primary has written."""
         with psycopg.connect(self.primary.dsn, autocommit=True) as primary:
-            row = primary.execute("SELECT pg_current_wal_lsn()::text").fetchone()
+            # The insert location: with synchronous_commit off (these servers), a commit's
+            # WAL may not be written yet, and the write location would not include it.
+            row = primary.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()
         target = row[0] if row is not None else "0/0"
         deadline = time.monotonic() + timeout
         with psycopg.connect(self.standby.dsn, autocommit=True) as standby:
@@ -195,6 +197,16 @@ class ReplicatedPostgres:
                 if time.monotonic() > deadline:
                     raise TimeoutError("the standby did not catch up with the primary")
                 time.sleep(0.02)
+
+    def pause_replay(self) -> None:
+        """Stop the standby applying what it receives: it lags from now on (reads there
+        see the table as it was), until `resume_replay()`."""
+        with psycopg.connect(self.standby.dsn, autocommit=True) as standby:
+            standby.execute("SELECT pg_wal_replay_pause()")
+
+    def resume_replay(self) -> None:
+        with psycopg.connect(self.standby.dsn, autocommit=True) as standby:
+            standby.execute("SELECT pg_wal_replay_resume()")
 
     def stop(self) -> None:
         try:
