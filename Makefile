@@ -38,6 +38,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/cache_memory.py
 	$(BIN)/python benchmarks/recovery.py
 	$(BIN)/python benchmarks/failover.py
+	$(BIN)/python benchmarks/api_server.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
