@@ -41,6 +41,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/scale.py
 	$(BIN)/python benchmarks/sealing.py
 	$(BIN)/python benchmarks/versus_0_2.py
+	$(BIN)/python benchmarks/api_server.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

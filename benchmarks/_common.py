@@ -296,5 +296,7 @@ def print_table(title: str, header: Sequence[str], rows: Sequence[Sequence[str]]
         print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)))
 
 
-def verdict(value: float, limit: float) -> str:
-    return "meets target" if value <= limit else "MISSES target"
+def verdict(value: float, limit: float, *, at_least: bool = False) -> str:
+    """Whether `value` is at most `limit` (or, `at_least`, at least `limit`)."""
+    met = value >= limit if at_least else value <= limit
+    return "meets target" if met else "MISSES target"

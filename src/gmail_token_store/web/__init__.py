@@ -74,13 +74,16 @@ def create_app(
     if not isinstance(store, AsyncTokenStore):
         raise TypeError("create_app needs an AsyncTokenStore")
     requests = Requests()
-    routes: list[BaseRoute] = list(ops_routes(store, requests))
-    if consent is not None:
-        routes += consent_routes(consent)
+    # The router tries the routes in order (no two share a path): the API's, the busiest,
+    # first.
+    routes: list[BaseRoute] = []
     if api_keys is not None:
         seconds = store.cache_ttl if cache_seconds is None else cache_seconds
         link_for = consent.reconnect_link if consent is not None else None
         routes += api_routes(store, api_keys, cache_seconds=seconds, link_for=link_for)
+    routes += ops_routes(store, requests)
+    if consent is not None:
+        routes += consent_routes(consent)
     if risc is not None:
         routes.append(Route("/risc", _risc_route(risc), methods=["POST"]))
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -52,7 +53,16 @@ REFRESH_KEYS = ("status", "user_id", "email", "expires_in", "access_token")
 REQUEST_TIMEOUT = 45.0
 RETRY_AFTER = "5"
 _NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+#: Starlette's JSON (compact, UTF-8, no NaN) from one encoder, not a new one per answer.
+_ENCODE = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
 _UNAUTHORIZED = {"error": "unauthorized", "description": "a valid API key is required"}
+
+
+class _Json(JSONResponse):
+    """JSONResponse's bytes, encoded by `_ENCODE`."""
+
+    def render(self, content: Any) -> bytes:
+        return _ENCODE(content).encode("utf-8")
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,10 +139,10 @@ def api_routes(
     async def _answer(request: Request, needs: str, work: Callable[[str], Any]) -> Response:
         key = keys.identify(request.headers.get("authorization"))
         if key is None:
-            return JSONResponse(_UNAUTHORIZED, status_code=401, headers=_CHALLENGE)
+            return _Json(_UNAUTHORIZED, status_code=401, headers=_CHALLENGE)
         request.state.api_key = key.name
         if needs == "all" and key.scope == "check":
-            return JSONResponse(
+            return _Json(
                 {"error": "forbidden", "description": "this API key may only check"},
                 status_code=403,
             )
@@ -144,7 +154,7 @@ def api_routes(
             return _retry_later(user_id, "the request took too long")
         except TokenStoreError as exc:
             return _failure(user_id, exc, link_for)
-        return JSONResponse(body)
+        return _Json(body)
 
     return [
         Route("/api/gmail/check/{user_id}", check, methods=["GET"]),
@@ -155,31 +165,31 @@ def api_routes(
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="gmail-token-store"'}
 
 
+# The answers' keys are attributes of the results (what `to_dict()` holds under them):
+# read alone, without building the whole dict (times and scopes formatted) on every answer.
 async def _checked(store: AsyncTokenStore, user_id: str, cache_seconds: float) -> dict[str, Any]:
     status = await store.check(user_id, max_age=cache_seconds)
     if status.status == "not_found":
         raise TokenNotFoundError(status.user_id)
-    data = status.to_dict()
-    return {key: data[key] for key in CHECK_KEYS}
+    return {key: getattr(status, key) for key in CHECK_KEYS}
 
 
 async def _refreshed(store: AsyncTokenStore, user_id: str, cache_seconds: float) -> dict[str, Any]:
     result = await store.refresh(user_id, max_age=cache_seconds)
-    data = result.to_dict()
-    return {key: data[key] for key in REFRESH_KEYS}
+    return {key: getattr(result, key) for key in REFRESH_KEYS}
 
 
 def _failure(user_id: str, exc: TokenStoreError, link_for: Callable[[str], str] | None) -> Response:
     if isinstance(exc, InvalidUserIdError):
-        return JSONResponse(
+        return _Json(
             {"status": "invalid", "user_id": None, "error": "user_id must be a UUID"},
             status_code=400,
         )
     uid = getattr(exc, "user_id", user_id)
     if isinstance(exc, TokenNotFoundError):
-        return JSONResponse({"status": "not_found", "user_id": uid}, status_code=404)
+        return _Json({"status": "not_found", "user_id": uid}, status_code=404)
     if isinstance(exc, ReauthRequiredError | InsufficientScopesError):
-        return JSONResponse(
+        return _Json(
             {
                 "status": "reauth_required",
                 "user_id": uid,
@@ -191,11 +201,11 @@ def _failure(user_id: str, exc: TokenStoreError, link_for: Callable[[str], str] 
         )
     if exc.retryable:
         return _retry_later(uid, str(exc))
-    return JSONResponse({"status": "error", "user_id": uid, "reason": str(exc)}, status_code=500)
+    return _Json({"status": "error", "user_id": uid, "reason": str(exc)}, status_code=500)
 
 
 def _retry_later(user_id: str, reason: str) -> Response:
-    return JSONResponse(
+    return _Json(
         {"status": "retry_later", "user_id": user_id, "reason": reason},
         status_code=503,
         headers={"Retry-After": RETRY_AFTER},

@@ -11,6 +11,7 @@ callback's code, a link's signature): method, route, status, API key name, milli
 
 from __future__ import annotations
 
+import bisect
 import logging
 import time
 from collections import Counter
@@ -45,16 +46,17 @@ class Requests:
 
     def __init__(self) -> None:
         self.counts: Counter[tuple[str, str, int]] = Counter()
+        #: Per route, requests by the first bucket they fall in (the last: above them all);
+        #: summed into Prometheus's cumulative buckets only when exposed.
         self.buckets: dict[str, list[int]] = {}
         self.sums: dict[str, float] = {}
 
     def observe(self, route: str, key: str, status: int, seconds: float) -> None:
         self.counts[(route, key, status)] += 1
-        buckets = self.buckets.setdefault(route, [0] * (len(BUCKETS) + 1))
-        for index, bound in enumerate(BUCKETS):
-            if seconds <= bound:
-                buckets[index] += 1
-        buckets[-1] += 1
+        buckets = self.buckets.get(route)
+        if buckets is None:
+            buckets = self.buckets[route] = [0] * (len(BUCKETS) + 1)
+        buckets[bisect.bisect_left(BUCKETS, seconds)] += 1  # the first bound >= seconds
         self.sums[route] = self.sums.get(route, 0.0) + seconds
 
     def exposition(self) -> str:
@@ -69,11 +71,13 @@ class Requests:
         name = "gmail_token_store_http_request_duration_seconds"
         lines += [f"# HELP {name} Request latency by route.", f"# TYPE {name} histogram"]
         for route, buckets in sorted(self.buckets.items()):
-            for bound, count in zip((*BUCKETS, float("inf")), buckets, strict=True):
+            count = 0
+            for bound, within in zip((*BUCKETS, float("inf")), buckets, strict=True):
+                count += within
                 le = "+Inf" if bound == float("inf") else f"{bound:g}"
                 lines.append(f'{name}_bucket{{route="{route}",le="{le}"}} {count}')
             lines.append(f'{name}_sum{{route="{route}"}} {self.sums[route]:.6f}')
-            lines.append(f'{name}_count{{route="{route}"}} {buckets[-1]}')
+            lines.append(f'{name}_count{{route="{route}"}} {count}')
         return "\n".join(lines) + "\n"
 
 
