@@ -126,10 +126,11 @@ _CANONICAL = (
     )
     + ", false)"
 )
-#: A canonical row of no interest (see `_core.listing`): its state is ok, it is not due
-#: within %(margin)s s nor idle for %(idle)s s, its token URI is one the policy allows.
+#: Of a canonical row, whether it is of no interest (see `_core.listing`): its state is ok,
+#: it is not due within %(margin)s s nor idle for %(idle)s s, its token URI is one the
+#: policy allows.
 _OF_NO_INTEREST = (
-    "canonical AND COALESCE("
+    "COALESCE("
     + " AND ".join(
         (
             f"{_TOKEN_URI} = ANY(%(token_uris)s::text[])",
@@ -182,12 +183,14 @@ _PAGE = (
 #: A page of rows after an id (keyset pagination: nothing stays open between pages).
 PAGE_ROWS = Sql(f"SELECT {_LISTED} FROM ({_PAGE}) page ORDER BY id", privilege="SELECT")
 #: A page of `limit` rows after an id, sieved: the rows of interest as listed (read again
-#: by id in the same snapshot: only the page's ids and times are kept aside), then four
-#: NULLs; and one last row (id NULL) counting the others: the clocks, then how many, their
-#: earliest expiry, their newest write, and the page's last id.
+#: by id in the same snapshot: only each row's id, times and verdicts are kept aside, not
+#: the row), then four NULLs; and one last row (id NULL) counting the others: the clocks,
+#: then how many, their earliest expiry, their newest write, and the page's last id.
 SIEVED_PAGE = Sql(
-    "WITH page AS MATERIALIZED (SELECT p.id, p.canonical, p.expiry, p.updated_at,"
-    f" {_OF_NO_INTEREST} AS dull FROM ({_PAGE}) p)"
+    "WITH page AS MATERIALIZED (SELECT id, expiry, updated_at, canonical,"
+    " canonical AND fine AS dull FROM (SELECT t.id, t.expiry, t.updated_at,"
+    f" {_CANONICAL} AS canonical, {_OF_NO_INTEREST} AS fine FROM {TABLE} t"
+    " WHERE t.id > %(after)s ORDER BY t.id LIMIT %(limit)s OFFSET 0) p)"
     f" SELECT {_LISTED}, NULL::int8, NULL::float8, NULL::float8, NULL::int4 FROM"
     f" (SELECT t.*, t.xmin::text AS row_version, page.canonical FROM {TABLE} t"
     " JOIN page ON page.id = t.id WHERE NOT page.dull OFFSET 0) listed"
