@@ -3,10 +3,12 @@ real uvicorn in a subprocess, a real HTTP client, the fake Google over HTTP."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import signal
 import socket
+import statistics
 import subprocess
 import threading
 import time
@@ -534,3 +536,37 @@ def test_several_workers_serve_and_stop_on_sigterm(
         log = server.stop()
     assert server.process.returncode in (0, -signal.SIGTERM), log
     assert log.count("Started server process") >= 2 and "Traceback" not in log
+
+
+def test_keep_alive_requests_to_several_workers_are_not_held_back_by_nagle(
+    dsn: str, endpoint: FakeTokenEndpoint, tmp_path: Path, seed: SeedRow
+) -> None:
+    """50 requests one after another on one kept-alive connection to `--workers 2`, each
+    well under the ~40 ms a response held back by Nagle waits for the delayed ACK.
+
+    With `--workers N` uvicorn binds the listening socket itself and leaves its `proto` at
+    0, so asyncio never sets TCP_NODELAY on the accepted ones (Kludex/uvicorn#3149): the
+    body of each response went out only once its headers were acknowledged (45 ms a
+    request; one worker was not affected). `serve`'s protocol sets it on each connection.
+    """
+    row = seed(expires_in=3000)
+    server = Server(dsn, endpoint, tmp_path / "nodelay.log", "--workers", "2")
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    timings: list[float] = []
+    try:
+        for _ in range(50):
+            started = time.perf_counter()
+            connection.request(
+                "GET",
+                f"/api/gmail/check/{row.user_id}",
+                headers={"Authorization": f"Bearer {FULL_KEY}"},
+            )
+            answer = connection.getresponse()
+            body = json.loads(answer.read())
+            timings.append(time.perf_counter() - started)
+            assert answer.status == 200 and body["status"] == "found"
+            assert not answer.will_close  # the same connection throughout
+    finally:
+        connection.close()
+        server.stop()
+    assert statistics.median(timings) < 0.015, [f"{t * 1000:.1f} ms" for t in timings]
