@@ -3,6 +3,7 @@ real uvicorn in a subprocess, a real HTTP client, the fake Google over HTTP."""
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import json
 import os
@@ -22,8 +23,12 @@ from typing import Any
 import psycopg
 import pytest
 import requests
+import uvicorn
 from psycopg.types.json import Jsonb
+from starlette.types import Receive, Scope, Send
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from gmail_token_store._cli import serve
 from gmail_token_store.testing import (
     FakeTokenEndpoint,
     PostgresServer,
@@ -570,3 +575,45 @@ def test_keep_alive_requests_to_several_workers_are_not_held_back_by_nagle(
         connection.close()
         server.stop()
     assert statistics.median(timings) < 0.015, [f"{t * 1000:.1f} ms" for t in timings]
+
+
+@pytest.mark.parametrize(
+    ("protocol", "no_delay"),
+    [(H11Protocol, 0), (serve.NoDelayH11Protocol, 1), (serve.NoDelayHttpToolsProtocol, 1)],
+)
+def test_serves_protocols_set_tcp_nodelay_on_a_socket_bound_as_uvicorns_workers_bind_it(
+    protocol: type[H11Protocol], no_delay: int
+) -> None:
+    """In process, on a listening socket made as `Config.bind_socket()` makes it (`proto`
+    0): asyncio leaves TCP_NODELAY off on the connections it accepts (uvicorn's own
+    protocol shows it), `serve`'s protocols on h11 and on httptools turn it on."""
+    seen: list[int] = []
+
+    class Recording(protocol):  # type: ignore[misc,valid-type]
+        def connection_made(self, transport: asyncio.Transport) -> None:
+            super().connection_made(transport)
+            sock = transport.get_extra_info("socket")
+            seen.append(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+
+    async def app(scope: Scope, _receive: Receive, send: Send) -> None:
+        assert scope["type"] == "http"
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    listening = socket.socket(socket.AF_INET)
+    listening.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, http=Recording, lifespan="off", log_level="error"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [listening]})
+    thread.start()
+    try:
+        wait_until(lambda: server.started, timeout=10)
+        host, port = listening.getsockname()
+        connection = http.client.HTTPConnection(host, port, timeout=10)
+        connection.request("GET", "/")
+        assert connection.getresponse().read() == b"ok"
+        connection.close()
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        listening.close()
+    assert seen == [no_delay]
