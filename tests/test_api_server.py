@@ -3,10 +3,13 @@ real uvicorn in a subprocess, a real HTTP client, the fake Google over HTTP."""
 
 from __future__ import annotations
 
+import asyncio
+import http.client
 import json
 import os
 import signal
 import socket
+import statistics
 import subprocess
 import threading
 import time
@@ -20,8 +23,12 @@ from typing import Any
 import psycopg
 import pytest
 import requests
+import uvicorn
 from psycopg.types.json import Jsonb
+from starlette.types import Receive, Scope, Send
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from gmail_token_store._cli import serve
 from gmail_token_store.testing import (
     FakeTokenEndpoint,
     PostgresServer,
@@ -534,3 +541,79 @@ def test_several_workers_serve_and_stop_on_sigterm(
         log = server.stop()
     assert server.process.returncode in (0, -signal.SIGTERM), log
     assert log.count("Started server process") >= 2 and "Traceback" not in log
+
+
+def test_keep_alive_requests_to_several_workers_are_not_held_back_by_nagle(
+    dsn: str, endpoint: FakeTokenEndpoint, tmp_path: Path, seed: SeedRow
+) -> None:
+    """50 requests one after another on one kept-alive connection to `--workers 2`, each
+    well under the ~40 ms a response held back by Nagle waits for the delayed ACK.
+
+    With `--workers N` uvicorn binds the listening socket itself and leaves its `proto` at
+    0, so asyncio never sets TCP_NODELAY on the accepted ones (Kludex/uvicorn#3149): the
+    body of each response went out only once its headers were acknowledged (45 ms a
+    request; one worker was not affected). `serve`'s protocol sets it on each connection.
+    """
+    row = seed(expires_in=3000)
+    server = Server(dsn, endpoint, tmp_path / "nodelay.log", "--workers", "2")
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    timings: list[float] = []
+    try:
+        for _ in range(50):
+            started = time.perf_counter()
+            connection.request(
+                "GET",
+                f"/api/gmail/check/{row.user_id}",
+                headers={"Authorization": f"Bearer {FULL_KEY}"},
+            )
+            answer = connection.getresponse()
+            body = json.loads(answer.read())
+            timings.append(time.perf_counter() - started)
+            assert answer.status == 200 and body["status"] == "found"
+            assert not answer.will_close  # the same connection throughout
+    finally:
+        connection.close()
+        server.stop()
+    assert statistics.median(timings) < 0.015, [f"{t * 1000:.1f} ms" for t in timings]
+
+
+@pytest.mark.parametrize(
+    ("protocol", "no_delay"),
+    [(H11Protocol, 0), (serve.NoDelayH11Protocol, 1), (serve.NoDelayHttpToolsProtocol, 1)],
+)
+def test_serves_protocols_set_tcp_nodelay_on_a_socket_bound_as_uvicorns_workers_bind_it(
+    protocol: type[H11Protocol], no_delay: int
+) -> None:
+    """In process, on a listening socket made as `Config.bind_socket()` makes it (`proto`
+    0): asyncio leaves TCP_NODELAY off on the connections it accepts (uvicorn's own
+    protocol shows it), `serve`'s protocols on h11 and on httptools turn it on."""
+    seen: list[int] = []
+
+    class Recording(protocol):  # type: ignore[misc,valid-type]
+        def connection_made(self, transport: asyncio.Transport) -> None:
+            super().connection_made(transport)
+            sock = transport.get_extra_info("socket")
+            seen.append(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+
+    async def app(scope: Scope, _receive: Receive, send: Send) -> None:
+        assert scope["type"] == "http"
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    listening = socket.socket(socket.AF_INET)
+    listening.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, http=Recording, lifespan="off", log_level="error"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [listening]})
+    thread.start()
+    try:
+        wait_until(lambda: server.started, timeout=10)
+        host, port = listening.getsockname()
+        connection = http.client.HTTPConnection(host, port, timeout=10)
+        connection.request("GET", "/")
+        assert connection.getresponse().read() == b"ok"
+        connection.close()
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        listening.close()
+    assert seen == [no_delay]

@@ -25,7 +25,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from .._core.errors import ConfigurationError, DatabaseUnavailableError, TokenStoreError
 from .conninfo import Conninfo
 from .errors import connect_error, drop_traceback
-from .pool_book import PoolBook
+from .pool_book import PoolBook, Slot, Waiter
 
 Connection = psycopg.Connection[tuple[Any, ...]]
 _IDLE = psycopg.pq.TransactionStatus.IDLE
@@ -33,7 +33,8 @@ _HOT_CURSOR = "_gmail_token_store_cursor"
 
 
 class Pool:
-    """At most `max_size` autocommit connections; no threads of its own."""
+    """At most `max_size` autocommit connections, first come first served; no threads of
+    its own."""
 
     def __init__(
         self,
@@ -47,34 +48,60 @@ class Pool:
         self._connect_timeout = connect_timeout
         self._prepare_threshold = prepare_threshold
         self._clock = time.monotonic
+        self._lock = threading.Lock()
         self._book: PoolBook[Connection] = PoolBook(max_size)
-        self._ready = threading.Condition(threading.Lock())
 
     def getconn(self) -> Connection:
-        """An idle connection, or a new one; waits at most `connect_timeout` for a slot.
+        """An idle connection, or a new one; waits its turn at most `connect_timeout`.
 
         Raises:
             DatabaseUnavailableError, ConfigurationError: see `_db_errors.connect_error`.
         """
         deadline = self._clock() + self._connect_timeout
-        stale: list[Connection] = []
-        with self._ready:
-            while True:
-                if self._book.closed:
-                    raise DatabaseUnavailableError("this store is closed")
-                conn, grow, old = self._book.take(self._clock())
-                stale += old
-                if conn is not None or grow:
-                    break
-                if not self._ready.wait(deadline - self._clock()) and self._clock() >= deadline:
-                    raise DatabaseUnavailableError(
-                        f"all {self._book.max_size} database connections of this store stayed "
-                        f"busy for {self._connect_timeout:g} s; retry later (or raise "
-                        "max_connections)"
-                    )
-        for old_conn in stale:
-            _close_quietly(old_conn)
-        return conn if conn is not None else self._connect(deadline)
+        with self._lock:
+            if self._book.closed:
+                raise DatabaseUnavailableError("this store is closed")
+            grant, stale = self._book.take(self._clock())
+            if grant is None:  # others wait, or nothing is free: in line
+                waiter = _Waiter()
+                self._book.wait(waiter)
+        if grant is None:
+            grant = self._wait(waiter, deadline)
+        elif stale:
+            try:
+                _close_all(stale)
+            except BaseException:
+                self._give_up(grant)
+                raise
+        return self._connect(deadline) if grant is Slot.FREE else grant
+
+    def _wait(self, waiter: _Waiter, deadline: float) -> Connection | Slot:
+        """Wait for a connection or a slot handed over in turn (`PoolBook.hand_over`)."""
+        try:
+            waiter.woken.wait(max(deadline - self._clock(), 0.0))
+        except BaseException:  # interrupted: what came meanwhile goes to the next waiter
+            with self._lock:
+                given = self._book.withdraw(waiter)
+            if given is not None:
+                self._give_up(given)
+            raise
+        with self._lock:  # (handed over at the deadline: taken, not lost)
+            given = self._book.withdraw(waiter)
+            if given is None and self._book.closed:
+                raise DatabaseUnavailableError("this store is closed")
+        if given is None:
+            raise DatabaseUnavailableError(
+                f"all {self._book.max_size} database connections of this store stayed busy "
+                f"for {self._connect_timeout:g} s; retry later (or raise max_connections)"
+            )
+        return given
+
+    def _give_up(self, given: Connection | Slot) -> None:
+        """Pass on what was granted to a caller that will not use it."""
+        if given is Slot.FREE:
+            self._abandon_slot()
+        else:
+            self.putconn(given)
 
     def _connect(self, deadline: float) -> Connection:
         timeout = max(deadline - self._clock(), 0.0)
@@ -98,38 +125,63 @@ class Pool:
         if failure is not None:  # raised here, not in the except: nothing chains to libpq's error
             self._abandon_slot()
             raise failure
-        with self._ready:
+        with self._lock:
             self._book.opened(conn, self._clock())
         return conn
 
     def _abandon_slot(self) -> None:
-        with self._ready:
+        with self._lock:
             self._book.abandoned()
-            self._ready.notify()
+            stale = self._hand_over()
+        _close_all(stale)
 
     def putconn(self, conn: Connection) -> None:
-        """Give a connection back: kept if it is healthy and idle, closed otherwise."""
+        """Give a connection back: to the first waiter, or kept idle if it is healthy and
+        idle; closed otherwise."""
         healthy = not conn.closed and not conn.broken and conn.info.transaction_status is _IDLE
-        with self._ready:
+        with self._lock:
             kept = self._book.give_back(conn, healthy=healthy, now=self._clock())
-            self._ready.notify()
-        if not kept:
-            _close_quietly(conn)
+            stale = self._hand_over()
+        _close_all(stale if kept else [conn, *stale])
 
     def discard(self, conn: Connection) -> None:
         """Close a connection that failed (and the idle ones, if it broke: see PoolBook)."""
-        with self._ready:
+        with self._lock:
             closing = self._book.discard(conn, broken=conn.broken or conn.closed)
-            self._ready.notify(len(closing))  # every slot freed may serve one waiter
-        for each in closing:
-            _close_quietly(each)
+            closing += self._hand_over()  # every slot freed may serve one waiter
+        _close_all(closing)
+
+    def _hand_over(self) -> list[Connection]:
+        """Serve the first waiters with what came free (under the lock); the stale to close."""
+        served, stale = self._book.hand_over(self._clock())
+        for waiter in served:
+            waiter.wake()
+        return stale
 
     def close(self) -> None:
-        with self._ready:
-            idle = self._book.close()
-            self._ready.notify_all()
-        for conn in idle:
-            _close_quietly(conn)
+        with self._lock:
+            idle, waiters = self._book.close()
+            for waiter in waiters:
+                waiter.wake()
+        _close_all(idle)
+
+
+class _Waiter(Waiter[Connection]):
+    """A thread waiting for its turn, on its own event (so that only it is woken)."""
+
+    __slots__ = ("woken",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.woken = threading.Event()
+
+    def wake(self) -> None:
+        self.woken.set()
+
+
+def _close_all(conns: list[Connection]) -> None:
+    for conn in conns:
+        _close_quietly(conn)
 
 
 def _close_quietly(conn: Connection) -> None:

@@ -5,7 +5,8 @@ errors come back at once with their cause and recovery after an outage is immedi
 `_pool` for why psycopg_pool's own AsyncConnectionPool is not used for the store's own
 connections. A psycopg AsyncConnection waits on its socket in whichever event loop drives
 it, so the pool's connections are not tied to one loop; its state is guarded by a thread
-lock held for a few dictionary operations (never across an await).
+lock held for a few list operations (never across an await), and a waiter is woken in its
+own loop (`_Waiter.wake`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import math
 import os
 import threading
 import time
-from collections import deque
 from typing import Any
 
 import psycopg
@@ -25,7 +25,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from .._core.errors import ConfigurationError, DatabaseUnavailableError, TokenStoreError
 from .conninfo import Conninfo
 from .errors import connect_error, drop_traceback
-from .pool_book import PoolBook
+from .pool_book import PoolBook, Slot, Waiter
 
 AsyncConnection = psycopg.AsyncConnection[tuple[Any, ...]]
 _IDLE = psycopg.pq.TransactionStatus.IDLE
@@ -33,7 +33,7 @@ _HOT_CURSOR = "_gmail_token_store_cursor"
 
 
 class AsyncPool:
-    """At most `max_size` autocommit AsyncConnections."""
+    """At most `max_size` autocommit AsyncConnections, first come first served."""
 
     def __init__(
         self,
@@ -46,44 +46,67 @@ class AsyncPool:
         self._conninfo = conninfo
         self._connect_timeout = connect_timeout
         self._prepare_threshold = prepare_threshold
+        self._clock = time.monotonic
         self._lock = threading.Lock()
         self._book: PoolBook[AsyncConnection] = PoolBook(max_size)
-        self._waiters: deque[asyncio.Future[None]] = deque()
 
     async def getconn(self) -> AsyncConnection:
-        deadline = time.monotonic() + self._connect_timeout
-        while True:
-            waiter: asyncio.Future[None] | None = None
-            with self._lock:
-                if self._book.closed:
-                    raise DatabaseUnavailableError("this store is closed")
-                conn, grow, stale = self._book.take(time.monotonic())
-                if conn is None and not grow:
-                    waiter = asyncio.get_running_loop().create_future()
-                    self._waiters.append(waiter)
-            for old in stale:
-                await _close_quietly(old)
-            if conn is not None:
-                return conn
-            if waiter is None:
-                return await self._connect(deadline)
-            await self._wait(waiter, deadline)
+        """An idle connection, or a new one; waits its turn at most `connect_timeout`.
 
-    async def _wait(self, waiter: asyncio.Future[None], deadline: float) -> None:
+        Raises:
+            DatabaseUnavailableError, ConfigurationError: see `_db_errors.connect_error`.
+        """
+        deadline = self._clock() + self._connect_timeout
+        with self._lock:
+            if self._book.closed:
+                raise DatabaseUnavailableError("this store is closed")
+            grant, stale = self._book.take(self._clock())
+            if grant is None:  # others wait, or nothing is free: in line
+                waiter = _Waiter(asyncio.get_running_loop())
+                self._book.wait(waiter)
+        if grant is None:
+            grant = await self._wait(waiter, deadline)
+        elif stale:
+            try:
+                await _close_all(stale)
+            except BaseException:
+                await self._give_up(grant)
+                raise
+        return await self._connect(deadline) if grant is Slot.FREE else grant
+
+    async def _wait(self, waiter: _Waiter, deadline: float) -> AsyncConnection | Slot:
+        """Wait for a connection or a slot handed over in turn (`PoolBook.hand_over`)."""
         try:
-            await asyncio.wait_for(waiter, max(deadline - time.monotonic(), 0.0))
+            async with asyncio.timeout(max(deadline - self._clock(), 0.0)):
+                await waiter.woken
         except TimeoutError:
+            pass
+        except BaseException:  # cancelled: what came meanwhile goes to the next waiter
+            with self._lock:
+                given = self._book.withdraw(waiter)
+            if given is not None:
+                await self._give_up(given)
+            raise
+        with self._lock:  # (handed over at the deadline: taken, not lost)
+            given = self._book.withdraw(waiter)
+            if given is None and self._book.closed:
+                raise DatabaseUnavailableError("this store is closed")
+        if given is None:
             raise DatabaseUnavailableError(
                 f"all {self._book.max_size} database connections of this store stayed busy "
                 f"for {self._connect_timeout:g} s; retry later (or raise max_connections)"
-            ) from None
-        finally:
-            with self._lock:
-                if waiter in self._waiters:
-                    self._waiters.remove(waiter)
+            )
+        return given
+
+    async def _give_up(self, given: AsyncConnection | Slot) -> None:
+        """Pass on what was granted to a caller that will not use it."""
+        if given is Slot.FREE:
+            await self._abandon_slot()
+        else:
+            await self.putconn(given)
 
     async def _connect(self, deadline: float) -> AsyncConnection:
-        timeout = max(deadline - time.monotonic(), 0.0)
+        timeout = max(deadline - self._clock(), 0.0)
         failure: TokenStoreError | None = None
         try:
             conn = await psycopg.AsyncConnection.connect(
@@ -98,57 +121,88 @@ class AsyncPool:
             )
             drop_traceback(exc)
         except BaseException:
-            self._abandon_slot()
+            await self._abandon_slot()
             raise
         if failure is not None:  # see _pool.Pool._connect
-            self._abandon_slot()
+            await self._abandon_slot()
             raise failure
         with self._lock:
-            self._book.opened(conn, time.monotonic())
+            self._book.opened(conn, self._clock())
         return conn
 
-    def _abandon_slot(self) -> None:
+    async def _abandon_slot(self) -> None:
         with self._lock:
             self._book.abandoned()
-            self._wake(1)
+            stale = self._hand_over()
+        await _close_all(stale)
 
     async def putconn(self, conn: AsyncConnection) -> None:
+        """Give a connection back: to the first waiter, or kept idle if it is healthy and
+        idle; closed otherwise."""
         healthy = not conn.closed and not conn.broken and conn.info.transaction_status is _IDLE
         with self._lock:
-            kept = self._book.give_back(conn, healthy=healthy, now=time.monotonic())
-            self._wake(1)
-        if not kept:
-            await _close_quietly(conn)
+            kept = self._book.give_back(conn, healthy=healthy, now=self._clock())
+            stale = self._hand_over()
+        await _close_all(stale if kept else [conn, *stale])
 
     async def discard(self, conn: AsyncConnection) -> None:
-        """Close a failed connection; if it broke, the idle ones too (see PoolBook)."""
+        """Close a connection that failed (and the idle ones, if it broke: see PoolBook)."""
         with self._lock:
             closing = self._book.discard(conn, broken=conn.broken or conn.closed)
-            self._wake(len(closing))  # every slot freed may serve one waiter
-        for each in closing:
-            await _close_quietly(each)
+            closing += self._hand_over()  # every slot freed may serve one waiter
+        await _close_all(closing)
 
-    def _wake(self, count: int) -> None:
-        """Wake up to `count` waiters (each may take one connection or one free slot)."""
-        while self._waiters and count > 0:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.get_loop().call_soon_threadsafe(_set_if_pending, waiter)
-                count -= 1
+    def _hand_over(self) -> list[AsyncConnection]:
+        """Serve the first waiters with what came free (under the lock); the stale to close."""
+        served, stale = self._book.hand_over(self._clock())
+        for waiter in served:
+            waiter.wake()
+        return stale
 
     async def close(self) -> None:
         with self._lock:
-            idle = self._book.close()
-            waiters, self._waiters = list(self._waiters), deque()
-        for waiter in waiters:
-            waiter.get_loop().call_soon_threadsafe(_set_if_pending, waiter)
-        for conn in idle:
-            await _close_quietly(conn)
+            idle, waiters = self._book.close()
+            for waiter in waiters:
+                waiter.wake()
+        await _close_all(idle)
+
+
+class _Waiter(Waiter[AsyncConnection]):
+    """A coroutine waiting for its turn, on a future of its loop: the pool serves every
+    loop of the process, so it may be served from another thread."""
+
+    __slots__ = ("loop", "woken")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__()
+        self.loop = loop
+        self.woken: asyncio.Future[None] = loop.create_future()
+
+    def gone(self) -> bool:
+        # Its future is cancelled when it is (a timeout cancels it too); a closed loop
+        # will never run it again.
+        return self.woken.done() or self.loop.is_closed()
+
+    def wake(self) -> None:
+        try:
+            here = asyncio.get_running_loop() is self.loop
+        except RuntimeError:
+            here = False
+        if here:  # its own loop's thread: no need to write to the loop's self-pipe
+            _set_if_pending(self.woken)
+            return
+        with contextlib.suppress(RuntimeError):  # its loop closed since `gone`: never runs
+            self.loop.call_soon_threadsafe(_set_if_pending, self.woken)
 
 
 def _set_if_pending(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_result(None)
+
+
+async def _close_all(conns: list[AsyncConnection]) -> None:
+    for conn in conns:
+        await _close_quietly(conn)
 
 
 async def _close_quietly(conn: AsyncConnection) -> None:
