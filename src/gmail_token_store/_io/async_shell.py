@@ -266,9 +266,8 @@ class AsyncShell:
                 assert_never(effect)
 
     async def _rows(self, conn: AsyncConnection, effect: Query | Execute) -> list[Row]:
-        cursor = await conn.execute(
-            SQL[effect.statement].text, effect.params, prepare=self._prepare
-        )
+        text = SQL[effect.statement].text_for(conn.info.server_version)
+        cursor = await conn.execute(text, effect.params, prepare=self._prepare)
         rows = await cursor.fetchall() if cursor.description is not None else []
         for row in rows:
             expect_user(row, effect.user_id)

@@ -28,12 +28,27 @@ from .._core.record import MAX_COLUMN_CHARS
 TABLE = "gmail_token"
 
 
+#: The first server version with `pg_column_compression()` (PostgreSQL 14), which the
+#: sieve's proof needs; see `Sql.text_for`.
+COMPRESSION_INFO_SINCE = 140000
+
+
 @dataclass(frozen=True, slots=True)
 class Sql:
-    """One statement's text and the table privilege it needs (named in permission errors)."""
+    """One statement's text and the table privilege it needs (named in permission errors).
+
+    `before_14` is the text for a server older than PostgreSQL 14, when it differs: the
+    listings' statements prove no row canonical there (`_CANONICAL_BEFORE_14`)."""
 
     text: str
     privilege: str
+    before_14: str | None = None
+
+    def text_for(self, server_version: int) -> str:
+        """The text for a server of this version (`conn.info.server_version`)."""
+        if self.before_14 is not None and server_version < COMPRESSION_INFO_SINCE:
+            return self.before_14
+        return self.text
 
 
 def _json_text(column: str) -> str:
@@ -126,6 +141,10 @@ _CANONICAL = (
     )
     + ", false)"
 )
+#: Before PostgreSQL 14 nothing tells whether a JSONB value is stored compressed (its
+#: size on disk then says nothing of its depth or length): no row is proved canonical, so
+#: every row is decoded and classified by the core, as a sieve must when in doubt.
+_CANONICAL_BEFORE_14 = "false"
 #: Of a canonical row, whether it is of no interest (see `_core.listing`): its state is ok,
 #: it is not due within %(margin)s s nor idle for %(idle)s s, its token URI is one the
 #: policy allows.
@@ -174,36 +193,47 @@ _LISTED = ", ".join(
         _if_canonical("ARRAY(SELECT jsonb_array_elements_text(scopes))"),
     )
 )
+
+
 #: The rows of a page, each with its version and whether it is canonical (computed once
 #: per row: OFFSET 0 keeps the planner from copying the expression into every use).
-_PAGE = (
-    f"SELECT t.*, t.xmin::text AS row_version, {_CANONICAL} AS canonical FROM {TABLE} t"
-    " WHERE t.id > %(after)s ORDER BY t.id LIMIT %(limit)s OFFSET 0"
-)
+def _page(canonical: str) -> str:
+    return (
+        f"SELECT {_LISTED} FROM (SELECT t.*, t.xmin::text AS row_version,"
+        f" {canonical} AS canonical FROM {TABLE} t"
+        " WHERE t.id > %(after)s ORDER BY t.id LIMIT %(limit)s OFFSET 0) page ORDER BY id"
+    )
+
+
 #: A page of rows after an id (keyset pagination: nothing stays open between pages).
-PAGE_ROWS = Sql(f"SELECT {_LISTED} FROM ({_PAGE}) page ORDER BY id", privilege="SELECT")
+PAGE_ROWS = Sql(_page(_CANONICAL), "SELECT", _page(_CANONICAL_BEFORE_14))
+
+
+def _sieved_page(canonical: str) -> str:
+    return (
+        "WITH page AS MATERIALIZED (SELECT id, expiry, updated_at, canonical,"
+        " canonical AND fine AS dull FROM (SELECT t.id, t.expiry, t.updated_at,"
+        f" {canonical} AS canonical, {_OF_NO_INTEREST} AS fine FROM {TABLE} t"
+        " WHERE t.id > %(after)s ORDER BY t.id LIMIT %(limit)s OFFSET 0) p)"
+        f" SELECT {_LISTED}, NULL::int8, NULL::float8, NULL::float8, NULL::int4 FROM"
+        f" (SELECT t.*, t.xmin::text AS row_version, page.canonical FROM {TABLE} t"
+        " JOIN page ON page.id = t.id WHERE NOT page.dull OFFSET 0) listed"
+        " UNION ALL SELECT "
+        + "NULL, " * 11
+        + f"{_DB_CLOCK}, {_DB_LOCAL_TIME}, "
+        + "NULL, " * 7
+        + "count(*) FILTER (WHERE dull),"
+        " min(extract(epoch FROM expiry)::float8) FILTER (WHERE dull),"
+        " max(extract(epoch FROM updated_at)::float8) FILTER (WHERE dull), max(id) FROM page"
+        " ORDER BY 1 NULLS LAST"
+    )
+
+
 #: A page of `limit` rows after an id, sieved: the rows of interest as listed (read again
 #: by id in the same snapshot: only each row's id, times and verdicts are kept aside, not
 #: the row), then four NULLs; and one last row (id NULL) counting the others: the clocks,
 #: then how many, their earliest expiry, their newest write, and the page's last id.
-SIEVED_PAGE = Sql(
-    "WITH page AS MATERIALIZED (SELECT id, expiry, updated_at, canonical,"
-    " canonical AND fine AS dull FROM (SELECT t.id, t.expiry, t.updated_at,"
-    f" {_CANONICAL} AS canonical, {_OF_NO_INTEREST} AS fine FROM {TABLE} t"
-    " WHERE t.id > %(after)s ORDER BY t.id LIMIT %(limit)s OFFSET 0) p)"
-    f" SELECT {_LISTED}, NULL::int8, NULL::float8, NULL::float8, NULL::int4 FROM"
-    f" (SELECT t.*, t.xmin::text AS row_version, page.canonical FROM {TABLE} t"
-    " JOIN page ON page.id = t.id WHERE NOT page.dull OFFSET 0) listed"
-    " UNION ALL SELECT "
-    + "NULL, " * 11
-    + f"{_DB_CLOCK}, {_DB_LOCAL_TIME}, "
-    + "NULL, " * 7
-    + "count(*) FILTER (WHERE dull),"
-    " min(extract(epoch FROM expiry)::float8) FILTER (WHERE dull),"
-    " max(extract(epoch FROM updated_at)::float8) FILTER (WHERE dull), max(id) FROM page"
-    " ORDER BY 1 NULLS LAST",
-    privilege="SELECT",
-)
+SIEVED_PAGE = Sql(_sieved_page(_CANONICAL), "SELECT", _sieved_page(_CANONICAL_BEFORE_14))
 
 _LOCK_ROW = f"SELECT {COLUMNS}, {_DB_CLOCK} FROM {TABLE} WHERE user_id = {{}} FOR NO KEY UPDATE"
 #: Privileges a row lock needs, by its purpose (`LockRow.purpose`): `FOR NO KEY UPDATE`

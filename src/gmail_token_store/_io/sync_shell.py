@@ -267,7 +267,7 @@ class SyncShell:
                 assert_never(effect)
 
     def _rows(self, conn: Connection, effect: Query | Execute) -> list[Row]:
-        text = SQL[effect.statement].text
+        text = SQL[effect.statement].text_for(conn.info.server_version)
         cursor = conn.execute(text, effect.params, prepare=self._prepare)
         rows = cursor.fetchall() if cursor.description is not None else []
         for row in rows:
