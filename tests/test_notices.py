@@ -20,6 +20,7 @@ from psycopg.types.json import Jsonb
 from standardwebhooks import Webhook
 
 from gmail_token_store import TokenStore
+from gmail_token_store._core import notices as core_notices
 from gmail_token_store._core.record import fingerprint
 from gmail_token_store.notices import send_notices, send_notices_async
 from gmail_token_store.testing import FakeTokenEndpoint
@@ -145,9 +146,15 @@ def table(seed: SeedRow, dsn: str) -> dict[str, str]:
     }
 
 
+@pytest.mark.parametrize("page_rows", [2000, 2])  # the table in one page, and in three
 def test_each_grant_that_needs_a_person_gets_one_signed_message(
-    make_store: Callable[..., TokenStore], table: dict[str, str], receiver: Receiver
+    make_store: Callable[..., TokenStore],
+    table: dict[str, str],
+    receiver: Receiver,
+    page_rows: int,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setattr(core_notices, "PAGE_ROWS", page_rows)
     store = make_store()
     report = notify(store, receiver, consent_lifetime=7 * 86_400, warn_before=2 * 86_400)
     expected = {

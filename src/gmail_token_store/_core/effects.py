@@ -35,7 +35,6 @@ class Statement(enum.Enum):
     """A statement a flow runs; `_io.sql` holds its SQL (one entry per member, checked)."""
 
     CHECK_ROW = "check_row"  # one row, with the database's local time (idleness)
-    LIST_ROWS = "list_rows"  # every row, oldest first
     READ_ROW = "read_row"  # one row (as the hot path reads it, outside a transaction)
     WRITE_GRANT = "write_grant"  # a refreshed grant, into the row this transaction locked
     WRITE_GRANT_IF_VERSION = "write_grant_if_version"  # the same, by compare-and-set

@@ -288,10 +288,6 @@ def require_scopes(record: TokenRecord, scopes: Sequence[str] | None) -> None:
 # --- health -------------------------------------------------------------------------------
 
 
-def _status(core: Core, row: Sequence[Any]) -> TokenStatus:
-    return _checked(core, row).status
-
-
 @dataclass(frozen=True, slots=True)
 class Checked:
     """A row's status, and what it was decided from: the record, and the database's local
@@ -337,12 +333,6 @@ def recheck(core: Core, checked: Checked) -> TokenStatus:
         windows=core.windows,
         policy=core.policy,
     )
-
-
-def check_all(core: Core) -> Flow[list[TokenStatus]]:
-    """The health of every grant, oldest row first; a broken row is reported, not raised."""
-    rows = yield from once_more_if_lost(Query(Statement.LIST_ROWS))
-    return [_status(core, row) for row in rows]
 
 
 # --- writing a grant ----------------------------------------------------------------------

@@ -38,6 +38,9 @@ from .state import Core
 from .status import TokenStatus, classify
 from .writes import to_json
 
+#: Rows per statement when notices walk the whole table.
+PAGE_ROWS = 2000
+
 NoticeEvent = Literal[
     "grant.dead", "grant.broken", "grant.expiring", "grant.idle", "grant.reconnected"
 ]
@@ -223,38 +226,62 @@ def send_notices(core: Core, settings: NoticeSettings) -> Flow[NoticeReport]:
     """Look at every row (or `settings.users`'); send each notice that is due, once (see
     the module docstring)."""
     report = NoticeReport()
-    if settings.users is None:
-        rows = yield from once_more_if_lost(Query(Statement.LIST_ROWS))
-    else:
-        rows = []
+    if settings.users is not None:
         for user_id in settings.users:
-            rows += yield from once_more_if_lost(
+            rows = yield from once_more_if_lost(
                 Query(Statement.CHECK_ROW, {"user_id": user_id}, user_id=user_id)
             )
-    for row in rows:
-        record = core.parse(row)
-        db_now: float = row[-2]
-        status = classify(
-            record, db_now=db_now, db_local_now=row[-1], windows=core.windows, policy=core.policy
+            for row in rows:  # (none for a user with no row)
+                record = core.parse(row)
+                yield from _consider(
+                    core, settings, report, record, db_now=row[-2], db_local_now=row[-1]
+                )
+        return report
+    after = 0
+    while True:  # the table in keyset pages, as the listings walk it: memory stays flat
+        rows = yield from once_more_if_lost(
+            Query(Statement.PAGE_ROWS, {"after": after, "limit": PAGE_ROWS})
         )
-        report.checked += 1
-        due = notice_for(
-            record,
-            status,
-            db_now=db_now,
-            consent_lifetime=settings.consent_lifetime,
-            warn_before=settings.warn_before,
-        )
-        if due is None:
-            continue
-        if record.metadata is None:  # unreadable: no notice can be recorded, none is sent
-            report.skipped += 1
-            continue
-        event, message_id = due
-        yield from _deliver_one(
-            core, settings, report, record, status, event=event, message_id=message_id
-        )
-    return report
+        for row in rows:
+            record = core.parse_listed(row)
+            yield from _consider(
+                core, settings, report, record, db_now=row[11], db_local_now=row[12]
+            )
+        if len(rows) < PAGE_ROWS:
+            return report
+        after = rows[-1][0]
+
+
+def _consider(
+    core: Core,
+    settings: NoticeSettings,
+    report: NoticeReport,
+    record: TokenRecord,
+    *,
+    db_now: float,
+    db_local_now: float,
+) -> Flow[None]:
+    """Send the notice one row is due, if any."""
+    status = classify(
+        record, db_now=db_now, db_local_now=db_local_now, windows=core.windows, policy=core.policy
+    )
+    report.checked += 1
+    due = notice_for(
+        record,
+        status,
+        db_now=db_now,
+        consent_lifetime=settings.consent_lifetime,
+        warn_before=settings.warn_before,
+    )
+    if due is None:
+        return
+    if record.metadata is None:  # unreadable: no notice can be recorded, none is sent
+        report.skipped += 1
+        return
+    event, message_id = due
+    yield from _deliver_one(
+        core, settings, report, record, status, event=event, message_id=message_id
+    )
 
 
 def _deliver_one(

@@ -81,12 +81,6 @@ CHECK_ROW = Sql(
     f"SELECT {COLUMNS}, {_DB_CLOCK}, {_DB_LOCAL_TIME} FROM {TABLE} WHERE user_id = %(user_id)s",
     privilege="SELECT",
 )
-#: Every row, oldest first, for listings and the keepalive.
-LIST_ROWS = Sql(
-    f"SELECT {COLUMNS}, {_DB_CLOCK}, {_DB_LOCAL_TIME} FROM {TABLE} ORDER BY id",
-    privilege="SELECT",
-)
-
 #: Some rows by id (read again after a compare-and-set missed them).
 ROWS_BY_ID = Sql(
     f"SELECT {COLUMNS}, {_DB_CLOCK}, {_DB_LOCAL_TIME} FROM {TABLE}"
@@ -388,7 +382,6 @@ CREATE TABLE IF NOT EXISTS {TABLE} (
 #: The SQL of every statement the core may name (a test checks none is missing).
 SQL: dict[Statement, Sql] = {
     Statement.CHECK_ROW: CHECK_ROW,
-    Statement.LIST_ROWS: LIST_ROWS,
     Statement.READ_ROW: READ_ROW,
     Statement.WRITE_GRANT: WRITE_GRANT,
     Statement.WRITE_GRANT_IF_VERSION: WRITE_GRANT_IF_VERSION,
