@@ -498,3 +498,27 @@ def test_a_lock_wait_that_runs_out_is_a_retryable_refresh_failure() -> None:
 
     _, error = drive(locked_refresh(core(world), seen, WINDOWS.is_due, 30.0), held)
     assert isinstance(error, RefreshFailedError) and error.retryable
+
+
+# --- the hot path's parse memo --------------------------------------------------------------
+
+
+def test_the_hot_paths_read_reuses_a_record_only_for_the_same_columns() -> None:
+    memo = Core(windows=WINDOWS, http_timeout=10.0)
+    first = memo.parse_read(row())
+    again = (*row()[:-1], NOW + 5.0)  # read later: only the database's clock differs
+    assert memo.parse_read(again) is first
+    assert first == parse_row(row())  # what a parse makes
+    for changed in (
+        row(left=10),  # refreshed
+        row(token_data='{"access_token": "ya29.b", "refresh_token": "1//r"}'),
+        row(metadata='{"email": "v@gmail.com"}'),
+        (*row()[:9], "43", *row()[10:]),  # another version, the same content
+    ):
+        record = memo.parse_read(changed)
+        assert record is not first and record == parse_row(changed)
+    other = memo.parse_read(row(user_id="eeeeeeee-eeee-eeee-eeee-eeeeeeeeeeee"))
+    assert other.user_id == "eeeeeeee-eeee-eeee-eeee-eeeeeeeeeeee"
+    broken = row(token_data="[]")
+    assert memo.parse_read(broken).problem is not None
+    assert memo.parse_read(broken) is not memo.parse_read(broken)  # never kept

@@ -57,7 +57,7 @@ def read_row(core: Core, user_id: str) -> Flow[tuple[TokenRecord, float]]:
     read = yield from once_more_if_lost(ReadRow(user_id))
     if read.row is None or read.clock is None:
         raise TokenNotFoundError(user_id)
-    record = core.parse(read.row)
+    record = core.parse_read(read.row)
     kept = core.kept.get(user_id)
     if read.standby:
         # A standby may lag and its clock is its host's: freshness is judged by the

@@ -407,6 +407,11 @@ def _column(raw: Any, column: str, problems: list[str], *, required: bool) -> di
         return None
 
 
+#: How many of a read's leading columns `parse_row` reads (`_io.sql.COLUMNS`'s first ten:
+#: id to the row version); the record is a function of these alone.
+ROW_COLUMNS = 10
+
+
 def parse_row(
     row: Sequence[Any], *, fallback_client: OAuthClient = NO_CLIENT, sealer: Sealer | None = None
 ) -> TokenRecord:

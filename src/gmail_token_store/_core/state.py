@@ -10,6 +10,9 @@ threads at once, and in the coroutines of any number of event loops):
 * `db_clock` replaces its best sample in one assignment (see `DatabaseClock`);
 * `policy` remembers verdicts in a dict; each entry is a pure function of its key, so a
   race writes the same value twice (and the clearing of a full dict loses only memos);
+* `_read` (the hot path's last parse per user) is a dict read and written in single
+  operations; an entry is a pure function of the row's columns it is checked against, so
+  a race only parses a row twice (and clearing a full dict loses only memos);
 * `expiry_has_time_zone` is set by every lock from what the database reports for the
   table's expiry column: every writer writes the same value for the same table;
 * everything else is set in `__init__` (or `after_fork`, in a child, before any thread).
@@ -23,9 +26,20 @@ from typing import Any
 from .clock import SYSTEM_CLOCK, Clock, DatabaseClock
 from .kept import KeptGrants
 from .policy import TokenUriPolicy
-from .record import CANONICAL, NO_CLIENT, OAuthClient, TokenRecord, listed_record, parse_row
+from .record import (
+    CANONICAL,
+    NO_CLIENT,
+    ROW_COLUMNS,
+    OAuthClient,
+    TokenRecord,
+    listed_record,
+    parse_row,
+)
 from .sealing import Sealer
 from .windows import Windows
+
+#: How many users' last reads `Core.parse_read` remembers (then it starts again).
+READ_MEMOS = 1024
 
 
 class Core:
@@ -53,9 +67,27 @@ class Core:
         self.kept = KeptGrants()
         #: Whether the table's expiry column is a timestamptz; learnt from the first lock.
         self.expiry_has_time_zone = False
+        #: The hot path's last parse per user: (the row's columns, its record).
+        self._read: dict[str, tuple[tuple[Any, ...], TokenRecord]] = {}
 
     def parse(self, row: Sequence[Any]) -> TokenRecord:
         return parse_row(row, fallback_client=self.fallback_client, sealer=self.sealer)
+
+    def parse_read(self, row: Sequence[Any]) -> TokenRecord:
+        """`parse` for the hot path's read: the record of a row whose columns are exactly
+        those it last read for that user (the database's clock aside) is the one it made
+        then, not made again (a record is never changed once made). A row refreshed, or
+        changed in any byte, is parsed afresh; a record with a problem is never kept."""
+        columns = tuple(row[:ROW_COLUMNS])
+        memo = self._read.get(row[1])
+        if memo is not None and memo[0] == columns:
+            return memo[1]
+        record = self.parse(row)
+        if record.problem is None:  # (a broken row, a key a KMS failed to open: again)
+            if len(self._read) >= READ_MEMOS:
+                self._read.clear()
+            self._read[row[1]] = (columns, record)
+        return record
 
     def parse_listed(self, row: Sequence[Any]) -> TokenRecord:
         """A row of a listing statement: canonical ones without decoding their JSON."""
