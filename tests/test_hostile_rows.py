@@ -158,7 +158,10 @@ def test_every_command_reports_poisoned_rows_and_carries_on(
     assert not any(line.startswith("USER_ID  FORGED") for line in table)
     for row in hostile.values():
         assert any(row.user_id in line and "broken" in line for line in table)
-    assert f"{hostile_table['dead'].user_id}: reauth-required" in runs["list"].stdout
+    # The dead row's reason on the line below it, escaped (the description is the fake's).
+    dead = next(i for i, line in enumerate(table) if hostile_table["dead"].user_id in line)
+    assert "reauth-required" in table[dead]
+    assert table[dead + 1].startswith("    reauth-required: ") and "\\x1b" in table[dead + 1]
     assert "refreshed:             0" in runs["refresh-all"].stdout
 
 

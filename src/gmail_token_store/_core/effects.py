@@ -50,6 +50,7 @@ class Statement(enum.Enum):
     MARK_NOTICE = "mark_notice"  # that notice sent, or failed
     PAGE_ROWS = "page_rows"  # the rows after an id, a page of them (keyset)
     ROWS_BY_ID = "rows_by_id"  # some rows, by id
+    WHOLE_PAGE = "whole_page"  # whole rows after an id, for a rewrite (the reseal)
     TOKEN_URIS = "token_uris"  # the distinct token URIs rows name
     SIEVED_PAGE = "sieved_page"  # a page of rows, those of no interest only counted
     RESEAL_ROWS = "reseal_rows"  # rows' secrets sealed, re-sealed or unsealed, by compare-and-set

@@ -125,7 +125,7 @@ def reseal_page(core: Core, target: ResealTarget, *, after: int, limit: int) -> 
     if sealer is None or (target != "unseal" and not sealer.sealing):
         raise ValueError(f"{target} needs a store with keys that seals")
     rows = yield from once_more_if_lost(
-        Query(Statement.PAGE_ROWS, {"after": after, "limit": limit})
+        Query(Statement.WHOLE_PAGE, {"after": after, "limit": limit})
     )
     tally = ResealReport(rows=len(rows), last_id=rows[-1][0] if rows else after)
     for attempt in range(ATTEMPTS):

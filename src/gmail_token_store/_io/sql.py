@@ -81,6 +81,12 @@ CHECK_ROW = Sql(
     f"SELECT {COLUMNS}, {_DB_CLOCK}, {_DB_LOCAL_TIME} FROM {TABLE} WHERE user_id = %(user_id)s",
     privilege="SELECT",
 )
+#: Whole rows after an id, at most `limit` (keyset pages of rows to rewrite: the reseal).
+WHOLE_PAGE = Sql(
+    f"SELECT {COLUMNS}, {_DB_CLOCK}, {_DB_LOCAL_TIME} FROM {TABLE}"
+    " WHERE id > %(after)s ORDER BY id LIMIT %(limit)s",
+    privilege="SELECT",
+)
 #: Some rows by id (read again after a compare-and-set missed them).
 ROWS_BY_ID = Sql(
     f"SELECT {COLUMNS}, {_DB_CLOCK}, {_DB_LOCAL_TIME} FROM {TABLE}"
@@ -397,6 +403,7 @@ SQL: dict[Statement, Sql] = {
     Statement.MARK_NOTICE: MARK_NOTICE,
     Statement.PAGE_ROWS: PAGE_ROWS,
     Statement.ROWS_BY_ID: ROWS_BY_ID,
+    Statement.WHOLE_PAGE: WHOLE_PAGE,
     Statement.RESEAL_ROWS: RESEAL_ROWS,
     Statement.TOKEN_URIS: TOKEN_URIS,
     Statement.SIEVED_PAGE: SIEVED_PAGE,
