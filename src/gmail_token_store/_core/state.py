@@ -42,6 +42,15 @@ from .windows import Windows
 READ_MEMOS = 1024
 
 
+class _Columns(tuple[Any, ...]):
+    """A row's columns as read, its secrets among them (repr: how many, never what)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return f"<{len(self)} columns of a row>"
+
+
 class Core:
     """Everything a store decides with, shared by the sync and the async shell."""
 
@@ -68,7 +77,7 @@ class Core:
         #: Whether the table's expiry column is a timestamptz; learnt from the first lock.
         self.expiry_has_time_zone = False
         #: The hot path's last parse per user: (the row's columns, its record).
-        self._read: dict[str, tuple[tuple[Any, ...], TokenRecord]] = {}
+        self._read: dict[str, tuple[_Columns, TokenRecord]] = {}
 
     def parse(self, row: Sequence[Any]) -> TokenRecord:
         return parse_row(row, fallback_client=self.fallback_client, sealer=self.sealer)
@@ -78,7 +87,7 @@ class Core:
         those it last read for that user (the database's clock aside) is the one it made
         then, not made again (a record is never changed once made). A row refreshed, or
         changed in any byte, is parsed afresh; a record with a problem is never kept."""
-        columns = tuple(row[:ROW_COLUMNS])
+        columns = _Columns(row[:ROW_COLUMNS])
         memo = self._read.get(row[1])
         if memo is not None and memo[0] == columns:
             return memo[1]
