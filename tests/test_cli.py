@@ -382,7 +382,7 @@ def test_refresh_all_at_scale_refreshes_each_of_1000_rows_exactly_once(
             ),
         )
     result = cli("refresh-all", "--concurrency", "16")
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 0, result.stdout + result.stderr
     used = [r.refresh_token for r in endpoint.refresh_requests()]
     assert len(used) == 1000 and len(set(used)) == 1000  # every row once, none twice
     assert "refreshed:             1000" in result.stdout

@@ -32,6 +32,7 @@ from gmail_token_store._core.effects import (
 )
 from gmail_token_store._core.errors import ConnectionLost, LockWaitTimeout
 from gmail_token_store._core.exchange import EndpointError, Grant, classify_answer, exchange
+from gmail_token_store._core.keepalive import KeepaliveReport, tally
 from gmail_token_store._core.kept import KeptGrant, Verdict, verdict
 from gmail_token_store._core.policy import TokenUriPolicy, token_uri_refusal
 from gmail_token_store._core.record import epoch, parse_row
@@ -522,3 +523,24 @@ def test_the_hot_paths_read_reuses_a_record_only_for_the_same_columns() -> None:
     broken = row(token_data="[]")
     assert memo.parse_read(broken).problem is not None
     assert memo.parse_read(broken) is not memo.parse_read(broken)  # never kept
+
+
+# --- the keepalive's tally ------------------------------------------------------------------
+
+
+def test_the_keepalive_tally_leaves_passing_failures_to_the_next_run() -> None:
+    status = classify(
+        parse_row(row()), db_now=NOW, db_local_now=NOW, windows=WINDOWS, policy=TokenUriPolicy(())
+    )
+    report = KeepaliveReport()
+    passing = [
+        DatabaseUnavailableError("the database did not answer"),
+        LockWaitTimeout("busy"),
+        RefreshFailedError(USER, None, "did not answer in time"),
+    ]
+    for outcome in passing:
+        tally(report, status, outcome)
+    assert len(report.retry_later) == 3 and not report.failed and not report.needs_a_person
+    tally(report, status, ConfigurationError("no privilege"))
+    tally(report, status, RefreshFailedError(USER, None, "odd answer", retryable=False))
+    assert len(report.failed) == 2 and report.needs_a_person

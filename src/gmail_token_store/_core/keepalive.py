@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .errors import ReauthRequiredError, RefreshFailedError
+from .errors import ReauthRequiredError, RefreshFailedError, TokenStoreError
 from .status import TokenStatus
 from .text import printable
 
@@ -88,6 +88,9 @@ def tally(report: KeepaliveReport, status: TokenStatus, outcome: object) -> None
         (report.retry_later if outcome.retryable else report.failed).append(
             (who, printable(outcome.reason))
         )
+    elif isinstance(outcome, TokenStoreError) and outcome.retryable:
+        # The database did not answer in time, say: the next run refreshes it.
+        report.retry_later.append((who, printable(str(outcome))))
     elif isinstance(outcome, Exception):
         report.failed.append((who, printable(str(outcome))))
     elif getattr(outcome, "status", None) == "refreshed":
