@@ -26,12 +26,15 @@ from gmail_token_store._core.effects import (
     LockRow,
     Log,
     PostForm,
+    ReadRow,
     RowRead,
+    Shared,
     Sleep,
     Statement,
 )
 from gmail_token_store._core.errors import ConnectionLost, LockWaitTimeout
 from gmail_token_store._core.exchange import EndpointError, Grant, classify_answer, exchange
+from gmail_token_store._core.flows import keepalive_refresh
 from gmail_token_store._core.keepalive import KeepaliveReport, tally
 from gmail_token_store._core.kept import KeptGrant, Verdict, verdict
 from gmail_token_store._core.policy import TokenUriPolicy, token_uri_refusal
@@ -544,3 +547,46 @@ def test_the_keepalive_tally_leaves_passing_failures_to_the_next_run() -> None:
     tally(report, status, ConfigurationError("no privilege"))
     tally(report, status, RefreshFailedError(USER, None, "odd answer", retryable=False))
     assert len(report.failed) == 2 and report.needs_a_person
+
+
+# --- the keepalive's refresh --------------------------------------------------------------
+
+
+class Keepalive(Database):
+    """A keepalive run's world: the row as read, then as locked (another run may have
+    refreshed it in between); the single flight runs its flow at once."""
+
+    def __init__(self, read: tuple[Any, ...], locked: tuple[Any, ...], *answers: HttpAnswer):
+        super().__init__(locked, *answers)
+        self.read = read
+        self.shared: list[Any] = []  # the effects of the flows the single flight ran
+
+    def __call__(self, effect: Any) -> Any:
+        if isinstance(effect, ReadRow):
+            return RowRead(self.read, ClockSample(NOW, NOW, NOW))
+        if isinstance(effect, Shared):
+            effects, value = drive(effect.flow(), self)
+            self.shared += effects
+            if isinstance(value, Exception):
+                raise value
+            return value, True
+        return super().__call__(effect)
+
+
+def _version(columns: tuple[Any, ...], version: str) -> tuple[Any, ...]:
+    return (*columns[:9], version, *columns[10:])
+
+
+def test_the_keepalive_counts_a_row_refreshed_before_its_lock_as_not_its_own() -> None:
+    due = row(left=-10)
+    world = Keepalive(due, _version(row(left=3000), "43"))  # refreshed between read and lock
+    _, outcome = drive(keepalive_refresh(core(world), USER, "42"), world)
+    assert kinds(world.shared) == ["LockRow", "Commit"]  # locked, found fresh, nothing sent
+    seen, record = outcome
+    assert seen is record and record.version == "43"  # "valid": no refresh of this run's
+
+    world = Keepalive(due, due, answer(200, {"access_token": "ya29.new", "expires_in": 3599}))
+    _, outcome = drive(keepalive_refresh(core(world), USER, "42"), world)
+    seen, record = outcome
+    assert kinds(world.shared)[:3] == ["LockRow", "PostForm", "Execute"]
+    assert (seen.access_token, record.access_token) == ("ya29.a", "ya29.new")

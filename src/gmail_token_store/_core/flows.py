@@ -191,9 +191,13 @@ def keepalive_refresh(
     seen, read_at = yield from read_row(core, user_id)
     raise_if_unusable(seen, core.policy, refreshing=False)
     windows = core.windows
+    declined = False  # the row, once locked, was found refreshed by someone else
 
     def need(record: TokenRecord, now: float) -> bool:
-        return record.version == version or windows.is_due(record, now)
+        nonlocal declined
+        wanted = record.version == version or windows.is_due(record, now)
+        declined = declined or not wanted
+        return wanted
 
     if not need(seen, read_at):
         return seen, seen  # written since it was listed: refreshed by someone else
@@ -202,7 +206,10 @@ def keepalive_refresh(
         core, seen, need, lock_wait=None, follower_wait=None, stale_ok=None
     )
     # `seen` itself comes back only when the lock (or this process's flight) was taken.
-    return None if record is seen else (seen, record)
+    if record is seen:
+        return None
+    # Another run refreshed it between our read and our lock: still valid, not ours.
+    return (record, record) if declined else (seen, record)
 
 
 def refresh_shared(
