@@ -30,6 +30,21 @@ SCRIPT = shutil.which("gmail-token-store", path=os.path.dirname(sys.executable))
 CLIENT_SECRET = "seed-client-secret-" + "S" * 16
 #: The secret the consent tests sign reconnect links and states with.
 CONSENT_SECRET = "consent-signing-secret-" + "K" * 24
+#: The keys of auth-server's answers (../shared/reference/auth-server.md), written out here
+#: rather than taken from the library so that a test of its shapes can fail.
+AUTH_SERVER_CHECK_KEYS = {
+    "status",
+    "user_id",
+    "email",
+    "has_token",
+    "has_access_token",
+    "has_refresh_token",
+    "has_oauth_config",
+    "is_expired",
+    "remaining_seconds",
+    "needs_refresh",
+}
+AUTH_SERVER_REFRESH_KEYS = {"status", "user_id", "email", "expires_in", "access_token"}
 
 
 def wait_until(condition: Callable[[], bool], timeout: float = 20.0) -> None:

@@ -40,24 +40,10 @@ from gmail_token_store.testing import (
 from gmail_token_store.testing._risc_issuer import TokenIdentifierAlg
 
 from conftest import CLIENT_ID, SeedRow
-from helpers import SCRIPT, wait_until
+from helpers import AUTH_SERVER_CHECK_KEYS, AUTH_SERVER_REFRESH_KEYS, SCRIPT, wait_until
 
 FULL_KEY = "full-api-key-" + "F" * 24
 CHECK_KEY = "check-only-key-" + "C" * 24
-#: auth-server's answers (../shared/reference/auth-server.md): exactly these keys.
-CHECK_SHAPE = {
-    "status",
-    "user_id",
-    "email",
-    "has_token",
-    "has_access_token",
-    "has_refresh_token",
-    "has_oauth_config",
-    "is_expired",
-    "remaining_seconds",
-    "needs_refresh",
-}
-REFRESH_SHAPE = {"status", "user_id", "email", "expires_in", "access_token"}
 
 
 def _free_port() -> int:
@@ -122,10 +108,10 @@ def test_check_and_refresh_answer_auth_servers_shapes(
 ) -> None:
     fresh, due = seed(expires_in=3000), seed(expires_in=60)
     check = api(server, "GET", f"/api/gmail/check/{fresh.user_id}")
-    assert check.status_code == 200 and set(check.json()) == CHECK_SHAPE
+    assert check.status_code == 200 and set(check.json()) == AUTH_SERVER_CHECK_KEYS
     assert check.json()["status"] == "found" and check.json()["needs_refresh"] is False
     valid = api(server, "POST", f"/api/gmail/refresh/{fresh.user_id}")
-    assert valid.status_code == 200 and set(valid.json()) == REFRESH_SHAPE
+    assert valid.status_code == 200 and set(valid.json()) == AUTH_SERVER_REFRESH_KEYS
     assert valid.json()["status"] == "valid" and valid.json()["access_token"] == fresh.access_token
     refreshed = api(server, "POST", f"/api/gmail/refresh/{due.user_id}")
     assert refreshed.json()["status"] == "refreshed"

@@ -25,21 +25,12 @@ from gmail_token_store._core.record import FAILURE_KEY
 from gmail_token_store.testing import FakeTokenEndpoint
 
 from conftest import CLIENT_ID, CLIENT_SECRET, GMAIL_READONLY, SeedRow, utcnow
-from helpers import StatementCounter, call_together
-
-AUTH_SERVER_CHECK_KEYS = {
-    "status",
-    "user_id",
-    "email",
-    "has_token",
-    "has_access_token",
-    "has_refresh_token",
-    "has_oauth_config",
-    "is_expired",
-    "remaining_seconds",
-    "needs_refresh",
-}
-AUTH_SERVER_REFRESH_KEYS = {"status", "user_id", "email", "expires_in", "access_token"}
+from helpers import (
+    AUTH_SERVER_CHECK_KEYS,
+    AUTH_SERVER_REFRESH_KEYS,
+    StatementCounter,
+    call_together,
+)
 
 FetchRow = Callable[[str], dict[str, Any]]
 
